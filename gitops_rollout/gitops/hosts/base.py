@@ -1,0 +1,108 @@
+"""The GitHost protocol: what the reconciler asks of a Git host about pull requests.
+
+Every host (local bare remote, GitHub, GitLab, Gitea) implements these few methods with the same
+meaning, so the reconcile pass never knows which host it talks to. Branches are pushed by
+`gitops.repo` with plain git; a host only manages the pull request that points at a branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+
+class PullState(StrEnum):
+    OPEN = "open"
+    MERGED = "merged"
+    CLOSED = "closed"
+    """Closed without merging: a human veto."""
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    """A pull (merge) request as the host reports it."""
+
+    number: int
+    head: str
+    """The head branch name, e.g. ``gitops-rollout/prod/modelmesh-serving/wisdom``."""
+    base: str
+    title: str
+    body: str
+    state: PullState
+    head_sha: str
+    """Commit the head branch pointed at when the host last saw it."""
+    merge_sha: str | None = None
+    """The merge (or squash) commit on the base branch, when merged."""
+    url: str = ""
+    labels: tuple[str, ...] = ()
+    mergeable: bool | None = None
+    """None while the host has not computed it yet."""
+    checks_passed: bool | None = None
+    """Required checks and approvals met; None when the host does not say."""
+
+
+@dataclass(frozen=True)
+class PullRequestDraft:
+    """What the reconciler wants a pull request to say."""
+
+    head: str
+    base: str
+    title: str
+    body: str
+    labels: tuple[str, ...] = ()
+    reviewers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    merged: bool
+    merge_sha: str | None = None
+    reason: str = ""
+    """Why it was not merged (not mergeable, checks pending, conflict), for the log and PR."""
+    queued: bool = False
+    """The host accepted an auto-merge request that completes later (GitHub auto-merge, GitLab MWPS)."""
+
+
+@dataclass
+class HostCapabilities:
+    comments: bool = True
+    auto_merge: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class GitHost(Protocol):
+    """Pull requests on one repository of one Git host.
+
+    Every method raises `errors.HostError` when the host cannot be reached or refuses; HTTP
+    libraries' own exceptions never escape an implementation.
+    """
+
+    def pulls_for_prefix(self, prefix: str, *, base: str) -> list[PullRequest]:
+        """Every pull request (open, merged or closed) whose head starts with `prefix`.
+
+        Newest first. Used once per pass to learn the state of all of the bot's branches.
+        """
+        ...
+
+    def open_or_update(self, draft: PullRequestDraft) -> PullRequest:
+        """Open a pull request for `draft.head`, or update the open one's title, body, labels.
+
+        Never opens a second open pull request for the same head ("already exists" is adopted).
+        """
+        ...
+
+    def comment(self, number: int, body: str) -> None:
+        """Add a comment to pull request `number`."""
+        ...
+
+    def merge(self, number: int, *, message: str) -> MergeResult:
+        """Merge pull request `number` if the host allows it now (mergeable, checks, approvals).
+
+        Returns merged=False with a reason, rather than raising, when the host says not yet.
+        """
+        ...
+
+    def close(self, number: int, *, comment: str = "") -> None:
+        """Close pull request `number` without merging (superseded or no longer needed)."""
+        ...
