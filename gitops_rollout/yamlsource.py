@@ -18,17 +18,15 @@ import yaml
 from gitops_rollout.errors import Problem
 
 MAX_BYTES = 1024 * 1024
-"""Largest YAML file we read (bytes). Policies are a few KB; a megabyte is a mistake or an attack."""
+"""Largest YAML file we read (bytes). Policies are a few KB; a megabyte is a mistake."""
 
 MAX_NODES = 200_000
 """Most values one document may expand to, counting every alias expansion (alias-bomb guard)."""
 
 FieldPath = tuple[str | int, ...]
 
-try:
-    _BaseLoader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[attr-defined,unused-ignore]
-except AttributeError:  # pragma: no cover - libyaml is present on every supported platform
-    _BaseLoader = yaml.SafeLoader
+_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's loader where present (10x faster); the pure-Python one otherwise."""
 
 
 def format_path(path: FieldPath) -> str:
@@ -189,7 +187,7 @@ def _compose_all(text: str | bytes) -> Iterator[yaml.Node | None]:
         while loader.check_node():
             yield loader.get_node()
     finally:
-        loader.dispose()  # type: ignore[no-untyped-call]
+        loader.dispose()
 
 
 def load_fast(text: str | bytes) -> list[Any]:
@@ -198,4 +196,4 @@ def load_fast(text: str | bytes) -> list[Any]:
     Used on the hot path for bot-owned files and cached inputs; anything that may need a
     located error goes through `load_documents`.
     """
-    return [d for d in yaml.load_all(text, Loader=_BaseLoader) if d is not None]  # noqa: S506
+    return [d for d in yaml.load_all(text, Loader=_BaseLoader) if d is not None]

@@ -61,7 +61,7 @@ class MergeResult:
     reason: str = ""
     """Why it was not merged (not mergeable, checks pending, conflict), for the log and PR."""
     queued: bool = False
-    """The host accepted an auto-merge request that completes later (GitHub auto-merge, GitLab MWPS)."""
+    """The host accepted an auto-merge that completes later (GitHub auto-merge, GitLab MWPS)."""
 
 
 @dataclass

@@ -1,0 +1,271 @@
+"""Model versions from the human-owned manifests under ``clusters/<cluster>/<namespace>/``.
+
+Versions are objects labelled ``app.kubernetes.io/name: <model>`` with a version label and
+opted in with ``gitops-rollout.dev/watch: "true"``, or labelled the Iter8 way
+(``iter8.tools/watch: "true"``, names ``<model>-0`` primary and ``<model>-1..n`` candidates).
+Bot-owned ``rollout/`` folders are skipped. Parsing is cached by blob id, so a pass re-reads only
+files that changed. Readiness is not known here; `snapshot` and `live` add it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gitops_rollout.errors import Problem
+from gitops_rollout.inventory.model import (
+    ITER8_WATCH_LABEL,
+    MODELMESH_ANNOTATION,
+    NAME_LABEL,
+    ROLE_LABEL,
+    VERSION_LABEL,
+    WATCH_LABEL,
+    ClusterModels,
+    Inventory,
+    Kind,
+    ModelVersion,
+    ObjectRef,
+    Role,
+    ServicePort,
+    Status,
+)
+from gitops_rollout.tree import Tree
+from gitops_rollout.yamlsource import YamlProblem, load_documents, load_fast
+
+CLUSTERS = "clusters"
+ROLLOUT_DIR = "rollout"
+_ITER8_NAME = re.compile(r"^(?P<model>.+)-(?P<index>\d+)$")
+_YAML = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """What one manifest file holds, as far as the inventory cares (cached by blob id)."""
+
+    versions: tuple[ModelVersion, ...]
+    services: tuple[tuple[str, str, dict[str, str], tuple[ServicePort, ...]], ...]
+    """(namespace, name, selector, ports) of every Service in the file."""
+    problems: tuple[Problem, ...] = ()
+
+
+@dataclass
+class ManifestCache:
+    """Parsed manifest files by (path, blob id); kept across passes by long-running callers."""
+
+    entries: dict[tuple[str, str], _Parsed] = field(default_factory=dict)
+
+
+def digest(value: Any) -> str:
+    """A short, stable digest of a JSON-able value."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def is_bot_owned(path: str) -> bool:
+    """True for files in a ``rollout/`` folder the reconciler writes."""
+    return f"/{ROLLOUT_DIR}/" in f"/{path}"
+
+
+def cluster_of(path: str) -> str | None:
+    parts = path.split("/")
+    return parts[1] if len(parts) > 2 and parts[0] == CLUSTERS else None
+
+
+def _labels(meta: Mapping[str, Any]) -> dict[str, str]:
+    labels = meta.get("labels") or {}
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, Mapping) else {}
+
+
+def _watched(labels: Mapping[str, str]) -> bool:
+    return labels.get(WATCH_LABEL) == "true" or labels.get(ITER8_WATCH_LABEL) == "true"
+
+
+def _version_from(
+    obj: Mapping[str, Any], *, file: str, index: int, default_ns: str
+) -> list[ModelVersion]:
+    meta = obj.get("metadata") or {}
+    name = str(meta.get("name", ""))
+    namespace = str(meta.get("namespace") or default_ns)
+    labels = _labels(meta)
+    if not _watched(labels):
+        return []
+    iter8 = _ITER8_NAME.match(name) if labels.get(ITER8_WATCH_LABEL) == "true" else None
+    model = labels.get(NAME_LABEL) or (iter8.group("model") if iter8 else "")
+    if not model:
+        return []
+    iter8_index = int(iter8.group("index")) if iter8 else None
+    role_label = labels.get(ROLE_LABEL)
+    if role_label in (Role.PRIMARY, Role.CANDIDATE):
+        role = Role(role_label)
+    elif iter8_index is not None:
+        role = Role.PRIMARY if iter8_index == 0 else Role.CANDIDATE
+    else:
+        role = Role.UNKNOWN
+    version = labels.get(VERSION_LABEL) or name
+    kind = str(obj.get("kind"))
+    spec = obj.get("spec") or {}
+    ref = ObjectRef(kind, namespace, name)
+    base = ModelVersion(
+        ref=ref,
+        model=model,
+        version=version,
+        role=role,
+        file=file,
+        doc_index=index,
+        iter8_index=iter8_index,
+    )
+    if kind == Kind.INFERENCE_SERVICE:
+        annotations = meta.get("annotations") or {}
+        predictor = spec.get("predictor") or {}
+        traffic = predictor.get("canaryTrafficPercent") if isinstance(predictor, dict) else None
+        return [
+            replace(
+                base,
+                spec_digest=digest(predictor),
+                modelmesh=annotations.get(MODELMESH_ANNOTATION) == "ModelMesh",
+                traffic=traffic if isinstance(traffic, int) else None,
+            )
+        ]
+    if kind == Kind.SELDON_DEPLOYMENT:
+        predictors = [p for p in spec.get("predictors") or [] if isinstance(p, Mapping)]
+        out = []
+        for pred in predictors:
+            pred_name = str(pred.get("name", "default"))
+            pred_labels = pred.get("labels") or {}
+            pred_version = (
+                pred_labels.get(VERSION_LABEL) or pred_labels.get("version")
+                if isinstance(pred_labels, Mapping)
+                else None
+            )
+            traffic = pred.get("traffic")
+            out.append(
+                replace(
+                    base,
+                    version=version if len(predictors) == 1 else str(pred_version or pred_name),
+                    predictor=pred_name,
+                    spec_digest=digest(pred.get("graph")),
+                    traffic=traffic if isinstance(traffic, int) else None,
+                )
+            )
+        return out
+    if kind == Kind.DEPLOYMENT:
+        template = spec.get("template") or {}
+        return [replace(base, spec_digest=digest(template.get("spec")))]
+    return []
+
+
+def _parse_file(data: bytes, *, file: str, namespace: str) -> _Parsed:
+    try:
+        docs = load_fast(data)
+    except Exception:
+        docs = None
+    if docs is None:
+        try:
+            load_documents(data, file=file)
+        except YamlProblem as err:
+            return _Parsed((), (), (err.problem,))
+        return _Parsed((), (), (Problem(file, None, "", "could not parse YAML"),))
+    versions: list[ModelVersion] = []
+    services = []
+    for index, obj in enumerate(docs):
+        if not isinstance(obj, Mapping):
+            continue
+        objs = obj.get("items") if obj.get("kind") == "List" else [obj]
+        for item in objs or []:
+            if not isinstance(item, Mapping):
+                continue
+            kind = item.get("kind")
+            if kind in (Kind.INFERENCE_SERVICE, Kind.SELDON_DEPLOYMENT, Kind.DEPLOYMENT):
+                versions.extend(_version_from(item, file=file, index=index, default_ns=namespace))
+            elif kind == Kind.SERVICE:
+                meta = item.get("metadata") or {}
+                spec = item.get("spec") or {}
+                selector = spec.get("selector") or {}
+                ports = tuple(
+                    ServicePort(str(p.get("name", "")), int(p["port"]))
+                    for p in spec.get("ports") or []
+                    if isinstance(p, Mapping) and isinstance(p.get("port"), int)
+                )
+                services.append(
+                    (
+                        str(meta.get("namespace") or namespace),
+                        str(meta.get("name", "")),
+                        {str(k): str(v) for k, v in selector.items()},
+                        ports,
+                    )
+                )
+    return _Parsed(tuple(versions), tuple(services))
+
+
+def scan(tree: Tree, *, cache: ManifestCache | None = None) -> tuple[Inventory, list[Problem]]:
+    """Every watched version under ``clusters/``, by cluster and model; readiness unknown."""
+    cache = cache if cache is not None else ManifestCache()
+    inventory = Inventory()
+    problems: list[Problem] = []
+    for cluster_dir in sorted({c for p in tree.paths(CLUSTERS) if (c := cluster_of(p))}):
+        inventory.clusters[cluster_dir] = ClusterModels(cluster_dir)
+    service_index: dict[tuple[str, str], list[tuple[str, dict[str, str], tuple[ServicePort, ...]]]]
+    service_index = {}
+    pending: list[tuple[str, ModelVersion]] = []
+    for path in tree.paths(CLUSTERS):
+        if not path.endswith(_YAML) or is_bot_owned(path):
+            continue
+        parts = path.split("/")
+        if len(parts) < 4 or parts[-1] in ("kustomization.yaml", "kustomization.yml"):
+            continue
+        cluster, namespace = parts[1], parts[2]
+        key = (path, tree.blob_id(path))
+        parsed = cache.entries.get(key)
+        if parsed is None:
+            parsed = _parse_file(tree.read(path), file=path, namespace=namespace)
+            cache.entries[key] = parsed
+        problems.extend(parsed.problems)
+        for version in parsed.versions:
+            pending.append((cluster, version))
+        for ns, name, selector, ports in parsed.services:
+            service_index.setdefault((cluster, ns), []).append((name, selector, ports))
+    for cluster, version in pending:
+        version = _attach_services(version, service_index.get((cluster, version.ref.namespace), []))
+        models = inventory.clusters[cluster].models
+        models.setdefault(version.model, []).append(version)
+    for cluster_models in inventory.clusters.values():
+        for versions in cluster_models.models.values():
+            versions.sort(key=lambda v: (v.iter8_index is None, v.iter8_index or 0, v.key))
+    return inventory, problems
+
+
+def _attach_services(
+    version: ModelVersion,
+    services: list[tuple[str, dict[str, str], tuple[ServicePort, ...]]],
+) -> ModelVersion:
+    if version.ref.kind != Kind.DEPLOYMENT:
+        return version
+    # Prefer the Service named like the Deployment (the documented convention), else any
+    # Service whose selector names this version.
+    for name, _selector, ports in services:
+        if name == version.ref.name:
+            return replace(version, services=ports, service_name=name)
+    for name, selector, ports in services:
+        if selector.get(VERSION_LABEL) == version.version and (
+            selector.get(NAME_LABEL) in (None, version.model)
+        ):
+            return replace(version, services=ports, service_name=name)
+    return version
+
+
+def with_status(inventory: Inventory, statuses: Mapping[tuple[str, ObjectRef], Status]) -> None:
+    """Attach readiness to every version in place; `statuses` is keyed by (cluster, ref).
+
+    A key with an empty cluster applies to every cluster (a snapshot that names none).
+    """
+    for cluster, models in inventory.clusters.items():
+        for model, versions in models.models.items():
+            updated = []
+            for v in versions:
+                status = statuses.get((cluster, v.ref)) or statuses.get(("", v.ref))
+                updated.append(replace(v, status=status) if status is not None else v)
+            models.models[model] = updated

@@ -1,0 +1,1 @@
+"""Serving platforms: per target, the routing objects and native traffic fields we render."""
