@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -370,7 +370,8 @@ class OverrideHeader(_Model):
     name: str = Field(pattern=HEADER_NAME)
     values: dict[str, str] = Field(
         default_factory=dict,
-        description="header value -> version label; default: each version's own label",
+        description="header value -> version (object name or version label); default: each "
+        "version's own label",
     )
 
 
@@ -603,6 +604,15 @@ class LoadedPolicy:
     policy: RolloutPolicy
     file: str
     line: int
+    lines: Mapping[tuple[str | int, ...], int] = field(default_factory=dict, compare=False)
+    """Line of each field path in the file, for errors found after loading."""
+
+    def problem(self, path: tuple[str | int, ...], reason: str, fix: str = "") -> Problem:
+        """A located problem about one field of this policy."""
+        probe = path
+        while probe and probe not in self.lines:
+            probe = probe[:-1]
+        return Problem(self.file, self.lines.get(probe, self.line), format_path(path), reason, fix)
 
 
 @dataclass
@@ -757,7 +767,7 @@ def load_policy_text(text: str | bytes, *, file: str) -> tuple[list[LoadedPolicy
         policy, found = parse_policy(doc)
         problems.extend(found)
         if policy is not None:
-            loaded.append(LoadedPolicy(policy, file, doc.start_line))
+            loaded.append(LoadedPolicy(policy, file, doc.start_line, doc.lines))
     return loaded, problems
 
 

@@ -329,10 +329,11 @@ def _overrides(
     header = policy.spec.routing.override_header
     if header is None:
         return ()
-    by_label = {v.version: v for v in versions if v.ready}
+    ready = {v.version: v for v in versions if v.ready}
+    ready.update({v.ref.name: v for v in versions if v.ready})
     if header.values:
         return tuple(
-            (value, by_label[label]) for value, label in header.values.items() if label in by_label
+            (value, ready[name]) for value, name in sorted(header.values.items()) if name in ready
         )
     return tuple((v.version, v) for v in versions if v.ready)
 

@@ -1,0 +1,5 @@
+"""``python -m gitops_rollout`` runs the command line."""
+
+from gitops_rollout.cli import run
+
+run()
