@@ -9,13 +9,16 @@ manifests or Git; `validate` and `reconcile` combine it with those.
 
 from __future__ import annotations
 
+import difflib
+import math
 import re
+import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -23,12 +26,16 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic.fields import FieldInfo
 
 from gitops_rollout.errors import Problem
 from gitops_rollout.yamlsource import Document, YamlProblem, format_path, load_documents
@@ -40,6 +47,24 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 """RFC 1123 label: Kubernetes names of namespaces, Services and the paths we build from them."""
 
 HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+"""An HTTP header name (RFC 9110 token)."""
+
+STAGE_NAME = r"^[A-Za-z0-9_.-]{1,40}$"
+METRIC_NAME = r"^[a-z][a-z0-9-]{0,62}$"
+PROM_LABEL = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+
+
+class _FieldError(ValueError):
+    """A validation failure that knows which sub-field is wrong and how to fix it.
+
+    Validators of a list or a whole model raise it so the message points at the entry to
+    change (``steps[2].weight``), not at the list; `_problem_from_error` reads `at` and `fix`.
+    """
+
+    def __init__(self, reason: str, *, at: tuple[str | int, ...] = (), fix: str = "") -> None:
+        super().__init__(reason)
+        self.at = at
+        self.fix = fix
 
 
 class TargetKind(StrEnum):
@@ -110,24 +135,36 @@ class InconclusiveAction(StrEnum):
 
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_DURATION_FIX = "write it as 30s, 5m, 1h, 1h30m or a number of seconds"
 
 
 def parse_duration(value: object) -> timedelta:
-    """Parse ``1h30m``, ``5m``, ``90s`` or a number of seconds into a timedelta."""
+    """Parse ``1h30m``, ``5m``, ``90s`` or a number of seconds into a timedelta.
+
+    Raises ValueError (with the fix attached) for anything else, including negative, infinite
+    and absurdly large values.
+    """
     if isinstance(value, timedelta):
         return value
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise _FieldError(f"expected a duration, got {_kind_of(value)}", fix=_DURATION_FIX)
     if isinstance(value, int | float):
         if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        match = _DURATION.match(value.strip())
-        if match and any(match.groups()):
-            hours, minutes, seconds = (int(g or 0) for g in match.groups())
+            raise _FieldError(f"{_number(value)} is negative", fix="use a duration of 0s or more")
+        if not math.isfinite(value):
+            raise _FieldError(f"{_number(value)} is not a duration", fix=_DURATION_FIX)
+        try:
+            return timedelta(seconds=value)
+        except OverflowError:
+            raise _FieldError(f"{value} seconds is too long", fix=_DURATION_FIX) from None
+    match = _DURATION.match(value.strip())
+    if match and any(match.groups()):
+        hours, minutes, seconds = (int(g or 0) for g in match.groups())
+        try:
             return timedelta(hours=hours, minutes=minutes, seconds=seconds)
-    raise ValueError(f"{value!r} is not a duration; write it as 30s, 5m, 1h or 1h30m")
+        except OverflowError:
+            raise _FieldError(f"{value!r} is too long", fix=_DURATION_FIX) from None
+    raise _FieldError(f"{value!r} is not a duration", fix=_DURATION_FIX)
 
 
 def format_duration(value: timedelta) -> str:
@@ -147,7 +184,7 @@ Duration = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "pattern": r"^(\d+h)?(\d+m)?(\d+s)?$"},
+                {"type": "string", "pattern": r"^(\d+h)?(\d+m)?(\d+s)?$", "minLength": 2},
                 {"type": "number", "minimum": 0},
             ],
             "description": "a duration: 30s, 5m, 1h30m, or seconds",
@@ -179,14 +216,21 @@ class StringMatch(_Model):
 
     @model_validator(mode="after")
     def _one(self) -> StringMatch:
-        given = [v for v in (self.exact, self.prefix, self.regex) if v is not None]
+        given = [k for k in ("exact", "prefix", "regex") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of exact, prefix or regex")
+            raise _FieldError(
+                f"gives {' and '.join(given)}" if given else "is empty",
+                fix="give exactly one of exact, prefix or regex",
+            )
         if self.regex is not None:
             try:
                 re.compile(self.regex)
             except re.error as err:
-                raise ValueError(f"regex {self.regex!r} does not compile: {err}") from err
+                raise _FieldError(
+                    f"regex {self.regex!r} does not compile: {err}",
+                    at=("regex",),
+                    fix="correct the regular expression, or use exact or prefix",
+                ) from err
         return self
 
 
@@ -204,15 +248,19 @@ class MatchClause(_Model):
     def _header_names(cls, value: dict[str, StringMatch]) -> dict[str, StringMatch]:
         for name in value:
             if not re.match(HEADER_NAME, name):
-                raise ValueError(f"{name!r} is not a valid HTTP header name")
+                raise _FieldError(
+                    f"{name!r} is not a valid HTTP header name",
+                    at=(name,),
+                    fix=_PATTERN_FIXES[HEADER_NAME][1],
+                )
         return value
 
     @model_validator(mode="after")
     def _not_empty(self) -> MatchClause:
         if not (self.headers or self.uri or self.method or self.query_params or self.source_labels):
-            raise ValueError(
-                "an empty match clause matches every request; give headers, uri, method, "
-                "queryParams or sourceLabels"
+            raise _FieldError(
+                "an empty match clause matches every request",
+                fix="give headers, uri, method, queryParams or sourceLabels, or remove the clause",
             )
         return self
 
@@ -227,14 +275,14 @@ DEFAULT_MATCH = (MatchClause(headers={"traffic": StringMatch(exact="test")}),)
 class Step(_Model):
     """One weighted step: the candidate's share, how long it must last, and who must approve."""
 
-    weight: int = Field(ge=0, le=100, description="candidate's share of requests, percent")
+    weight: StrictInt = Field(ge=0, le=100, description="candidate's share of requests, percent")
     min_duration: Duration = Field(
         default=timedelta(0), description="least time at this step after its change took effect"
     )
-    min_requests: int = Field(
+    min_requests: StrictInt = Field(
         default=0, ge=0, description="least candidate requests at this step before advancing"
     )
-    approval: bool = Field(
+    approval: StrictBool = Field(
         default=False, description="the PR that starts this step needs a human to merge it"
     )
 
@@ -242,8 +290,8 @@ class Step(_Model):
 class Stage(Step):
     """A named blue-green stage (Blue_0, Blue_50, ...); approval is required by default."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")
-    approval: bool = True
+    name: str = Field(pattern=STAGE_NAME)
+    approval: StrictBool = True
 
 
 class CanaryStrategy(_Model):
@@ -252,7 +300,7 @@ class CanaryStrategy(_Model):
     type: Literal[StrategyKind.CANARY]
     match: tuple[MatchClause, ...] = Field(default=DEFAULT_MATCH, min_length=1)
     min_duration: Duration = timedelta(0)
-    min_requests: int = Field(default=0, ge=0)
+    min_requests: StrictInt = Field(default=0, ge=0)
 
 
 class ProgressiveStrategy(_Model):
@@ -266,9 +314,11 @@ class ProgressiveStrategy(_Model):
     def _rising(cls, steps: tuple[Step, ...]) -> tuple[Step, ...]:
         for i in range(1, len(steps)):
             if steps[i].weight < steps[i - 1].weight:
-                raise ValueError(
-                    f"step {i} weight {steps[i].weight} is below step {i - 1} weight "
-                    f"{steps[i - 1].weight}; weights must not decrease"
+                raise _FieldError(
+                    f"{steps[i].weight} is below the {steps[i - 1].weight} of steps[{i - 1}]; "
+                    "weights must not decrease",
+                    at=(i, "weight"),
+                    fix="order the steps by rising weight",
                 )
         return steps
 
@@ -277,9 +327,9 @@ class MirrorStrategy(_Model):
     """The primary serves every request; a copy of `mirrorPercent` of them goes to the candidate."""
 
     type: Literal[StrategyKind.MIRROR]
-    mirror_percent: float = Field(default=100.0, ge=0, le=100)
+    mirror_percent: StrictFloat = Field(default=100.0, ge=0, le=100)
     min_duration: Duration = timedelta(0)
-    min_requests: int = Field(default=0, ge=0)
+    min_requests: StrictInt = Field(default=0, ge=0)
 
 
 DEFAULT_STAGES = (
@@ -302,10 +352,15 @@ class BlueGreenStrategy(_Model):
     @field_validator("stages")
     @classmethod
     def _unique(cls, stages: tuple[Stage, ...]) -> tuple[Stage, ...]:
-        names = [s.name for s in stages]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"stage names must be unique; {', '.join(dupes)} repeats")
+        first: dict[str, int] = {}
+        for i, stage in enumerate(stages):
+            if stage.name in first:
+                raise _FieldError(
+                    f"stage name {stage.name!r} is already used by stages[{first[stage.name]}]",
+                    at=(i, "name"),
+                    fix="give every stage its own name",
+                )
+            first[stage.name] = i
         return stages
 
 
@@ -313,11 +368,11 @@ class ABStrategy(_Model):
     """A/B/n: traffic moves toward the better arm by reward; the winner is promoted."""
 
     type: Literal[StrategyKind.AB]
-    iterations: int = Field(default=10, ge=1, le=1000)
-    initial_candidate_weight: int | None = Field(
+    iterations: StrictInt = Field(default=10, ge=1, le=1000)
+    initial_candidate_weight: StrictInt | None = Field(
         default=None, ge=0, le=100, description="candidates' total share at start; default equal"
     )
-    exploration_floor: float = Field(
+    exploration_floor: StrictFloat = Field(
         default=0.10, ge=0, le=0.5, description="least share every surviving arm keeps"
     )
     min_duration: Duration = timedelta(0)
@@ -336,20 +391,20 @@ Strategy = Annotated[
 class Target(_Model):
     """Which serving platform runs the model, and how versions are laid out on it."""
 
-    kind: TargetKind
+    kind: TargetKind = Field(description="the serving platform the model's versions run on")
     mode: TargetMode = TargetMode.SEPARATE
     service_host: str | None = Field(
         default=None,
         description="kserve-modelmesh: the serving Service (default modelmesh-serving)",
     )
-    service_port: int | None = Field(
+    service_port: StrictInt | None = Field(
         default=None, ge=1, le=65535, description="port of the versions' Services"
     )
     protocol: Literal["http", "grpc"] = "http"
     predictor: str = Field(
         default="default", pattern=DNS_LABEL, description="seldon: predictor name"
     )
-    delete_candidate_on_rollback: bool = False
+    delete_candidate_on_rollback: StrictBool = False
 
     @model_validator(mode="after")
     def _mode_allowed(self) -> Target:
@@ -357,9 +412,10 @@ class Target(_Model):
             TargetKind.KSERVE,
             TargetKind.SELDON,
         ):
-            raise ValueError(
-                f"mode native is only for kserve and seldon, not {self.kind.value}; "
-                "remove mode or use mode: separate"
+            raise _FieldError(
+                f"target {self.kind.value} has no native mode (only kserve and seldon do)",
+                at=("mode",),
+                fix="remove mode, or use mode: separate",
             )
         return self
 
@@ -383,7 +439,7 @@ class Routing(_Model):
     namespace: str | None = Field(default=None, pattern=DNS_LABEL)
     hosts: tuple[str, ...] = ()
     gateways: tuple[str, ...] = ()
-    include_mesh: bool = True
+    include_mesh: StrictBool = True
     version_header: str = Field(default="app-version", pattern=HEADER_NAME)
     override_header: OverrideHeader | None = None
     uri_prefix: str | None = Field(default=None, pattern=r"^/")
@@ -394,7 +450,7 @@ class Promotion(_Model):
 
 
 class ClusterRef(_Model):
-    name: str = Field(pattern=DNS_LABEL)
+    name: str = Field(pattern=DNS_LABEL, description="a folder under clusters/")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,20 +469,20 @@ class MetricKind(StrEnum):
 class CustomMetric(_Model):
     """A policy-defined metric; queries may use ``$version``, ``$namespace``, ``$model``."""
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")
+    name: str = Field(pattern=METRIC_NAME)
     kind: MetricKind
     query: str = Field(min_length=1, description="PromQL for the counter, or the numerator")
     denominator: str | None = Field(default=None, description="PromQL for the denominator")
-    version_label: str = Field(default="version", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    version_label: str = Field(default="version", pattern=PROM_LABEL)
 
 
 class Objective(_Model):
     """A guardrail on one metric: absolute limits and/or a margin relative to the baseline."""
 
-    metric: str = Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")
-    upper_limit: float | None = None
-    lower_limit: float | None = None
-    max_increase: float | None = Field(
+    metric: str = Field(pattern=METRIC_NAME)
+    upper_limit: StrictFloat | None = None
+    lower_limit: StrictFloat | None = None
+    max_increase: StrictFloat | None = Field(
         default=None,
         ge=0,
         le=10,
@@ -440,28 +496,31 @@ class Objective(_Model):
             and self.lower_limit is not None
             and self.lower_limit > self.upper_limit
         ):
-            raise ValueError(
-                f"lowerLimit {self.lower_limit} is above upperLimit {self.upper_limit}"
+            raise _FieldError(
+                f"lowerLimit {_number(self.lower_limit)} is above upperLimit "
+                f"{_number(self.upper_limit)}",
+                at=("lowerLimit",),
+                fix="make lowerLimit at most upperLimit; did you swap them?",
             )
         return self
 
 
 class Reward(_Model):
-    metric: str = Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")
-    prefer_higher: bool = True
+    metric: str = Field(pattern=METRIC_NAME)
+    prefer_higher: StrictBool = True
 
 
 class Analysis(_Model):
     interval: Duration = Field(default=timedelta(minutes=1), description="one look per interval")
     warmup: Duration = Field(default=timedelta(0), description="time excluded at each step start")
-    warmup_requests: int = Field(default=0, ge=0)
+    warmup_requests: StrictInt = Field(default=0, ge=0)
     deadline: Duration | None = Field(
         default=None, description="longest a step may run without a verdict"
     )
     on_inconclusive: InconclusiveAction = InconclusiveAction.ROLLBACK
     no_data: NoDataAction = NoDataAction.HOLD
     no_data_timeout: Duration = timedelta(minutes=10)
-    alpha: float = Field(default=0.01, gt=0, lt=0.5)
+    alpha: StrictFloat = Field(default=0.01, gt=0, lt=0.5)
     objectives: tuple[Objective, ...] = ()
     rewards: tuple[Reward, ...] = ()
     metrics: tuple[CustomMetric, ...] = ()
@@ -470,7 +529,10 @@ class Analysis(_Model):
     @classmethod
     def _interval(cls, value: timedelta) -> timedelta:
         if value < timedelta(seconds=5):
-            raise ValueError("interval must be at least 5s (Prometheus scrapes every 15-30s)")
+            raise _FieldError(
+                f"{format_duration(value)} is shorter than the 5s minimum",
+                fix="use 5s or more; Prometheus scrapes every 15-30s, so 30s or 1m is typical",
+            )
         return value
 
 
@@ -491,7 +553,9 @@ class GitOps(_Model):
 
 
 class Metadata(_Model):
-    name: str = Field(pattern=DNS_LABEL, max_length=63)
+    name: str = Field(
+        pattern=DNS_LABEL, max_length=63, description="the policy's name; unique in the repository"
+    )
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
 
@@ -503,12 +567,18 @@ class PolicySpec(_Model):
         max_length=63,
         description="app.kubernetes.io/name of the versions; default metadata.name",
     )
-    namespace: str = Field(pattern=DNS_LABEL, max_length=63)
-    target: Target
-    strategy: Strategy
+    namespace: str = Field(
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="the namespace of the model's manifests: clusters/<cluster>/<namespace>/",
+    )
+    target: Target = Field(description="the serving platform, e.g. kind: deployment")
+    strategy: Strategy = Field(description="how traffic moves to the candidate")
     routing: Routing = Routing()
     promotion: Promotion = Promotion()
-    clusters: tuple[ClusterRef, ...] = Field(min_length=1)
+    clusters: tuple[ClusterRef, ...] = Field(
+        min_length=1, description="clusters to roll out to, in order, as - name: <cluster>"
+    )
     cluster_order: ClusterOrder = ClusterOrder.SEQUENTIAL
     analysis: Analysis | None = None
     gitops: GitOps = GitOps()
@@ -516,10 +586,16 @@ class PolicySpec(_Model):
     @field_validator("clusters")
     @classmethod
     def _unique_clusters(cls, value: tuple[ClusterRef, ...]) -> tuple[ClusterRef, ...]:
-        names = [c.name for c in value]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"cluster {', '.join(dupes)} is listed twice")
+        first: dict[str, int] = {}
+        for i, cluster in enumerate(value):
+            if cluster.name in first:
+                raise _FieldError(
+                    f"cluster {cluster.name!r} is already listed at "
+                    f"clusters[{first[cluster.name]}]",
+                    at=(i, "name"),
+                    fix="remove one of the two entries",
+                )
+            first[cluster.name] = i
         return value
 
     @model_validator(mode="after")
@@ -535,25 +611,39 @@ class PolicySpec(_Model):
                 StrategyKind.AB,
             )
         ):
-            raise ValueError(
-                f"kserve native mode supports progressive and blue-green, not {strategy.value}; "
-                "use mode: separate (two InferenceServices) for that strategy"
+            raise _FieldError(
+                f"kserve native mode supports progressive and blue-green, not {strategy.value}",
+                at=("strategy", "type"),
+                fix="use mode: separate (one InferenceService per version) for this strategy",
             )
         if (
             kind is TargetKind.SELDON
             and mode is TargetMode.NATIVE
             and strategy in (StrategyKind.CANARY,)
         ):
-            raise ValueError(
-                "seldon native mode (one SeldonDeployment) cannot route by header; "
-                "use mode: separate or strategy progressive"
+            raise _FieldError(
+                "seldon native mode (one SeldonDeployment) cannot route by header",
+                at=("strategy", "type"),
+                fix="use mode: separate, or strategy progressive",
             )
         if self.routing.api is RoutingApi.GATEWAY_API and strategy is StrategyKind.MIRROR:
-            raise ValueError("routing api gateway-api has no weighted mirror; use api: istio")
+            raise _FieldError(
+                "routing api gateway-api has no weighted mirror",
+                at=("routing", "api"),
+                fix="use api: istio",
+            )
         if mode is TargetMode.NATIVE and self.routing.override_header is not None:
-            raise ValueError("overrideHeader needs a routing object we write; native mode has none")
+            raise _FieldError(
+                "overrideHeader needs a routing object we write; native mode has none",
+                at=("routing", "overrideHeader"),
+                fix="remove overrideHeader, or use mode: separate",
+            )
         if self.strategy.type is StrategyKind.AB and not (self.analysis and self.analysis.rewards):
-            raise ValueError("strategy ab needs at least one reward in analysis.rewards")
+            raise _FieldError(
+                "strategy ab needs at least one reward to compare the versions by",
+                at=("analysis", "rewards"),
+                fix="add analysis.rewards, e.g. - metric: user-engagement",
+            )
         return self
 
 
@@ -633,69 +723,282 @@ def json_schema() -> dict[str, Any]:
 
 
 _FIXES = {
-    "extra_forbidden": "remove it, or check its spelling against `gitops-rollout schema`",
-    "missing": "add it",
-    "literal_error": "use one of the values listed",
-    "enum": "use one of the values listed",
-    "union_tag_invalid": "use one of the values listed",
-    "union_tag_not_found": "add `type:` with one of canary, progressive, mirror, blue-green, ab",
-    "string_pattern_mismatch": "use lower-case letters, digits and '-', starting and ending "
-    "with a letter or digit",
-    "int_parsing": "write a whole number",
-    "int_type": "write a whole number",
-    "int_from_float": "write a whole number",
-    "float_parsing": "write a number",
-    "float_type": "write a number",
-    "bool_parsing": "write true or false",
-    "bool_type": "write true or false",
-    "greater_than_equal": "raise it",
-    "greater_than": "raise it",
-    "less_than_equal": "lower it",
-    "less_than": "lower it",
-    "too_short": "add an entry",
+    "int_type": "write a whole number, without quotes",
+    "int_parsing": "write a whole number, without quotes",
+    "int_from_float": "write a whole number, without quotes",
+    "float_type": "write a number, without quotes",
+    "float_parsing": "write a number, without quotes",
+    "bool_type": "write true or false, without quotes",
+    "bool_parsing": "write true or false, without quotes",
+    "string_type": "put the value in quotes; YAML reads unquoted yes, no, on, off, true, false "
+    "and numbers as other types",
+    "dict_type": "write `key: value` lines indented below it",
+    "model_type": "write `key: value` lines indented below it",
+    "model_attributes_type": "write `key: value` lines indented below it",
+    "list_type": "write one `- item` line per entry, indented below it",
+    "tuple_type": "write one `- item` line per entry, indented below it",
     "too_long": "remove entries",
-    "dict_type": "write a mapping (key: value lines)",
-    "list_type": "write a list (- item lines)",
-    "tuple_type": "write a list (- item lines)",
-    "model_type": "write a mapping (key: value lines)",
-    "model_attributes_type": "write a mapping (key: value lines)",
-    "string_type": "write a string (quote it if it looks like a number or boolean)",
-    "value_error": "",
+    "string_too_short": "write a value",
 }
+"""The fix for each pydantic error type whose fix does not depend on the field."""
+
+_SCALAR_TYPES = {"int_type", "float_type", "bool_type", "string_type"}
+
+_PATTERN_FIXES = {
+    DNS_LABEL: (
+        "a valid name",
+        "use lower-case letters, digits and '-', starting and ending with a letter or digit, "
+        "e.g. my-model-2",
+    ),
+    HEADER_NAME: (
+        "a valid HTTP header name",
+        "use letters, digits and - (no spaces, ':' or '/'), e.g. x-user-group",
+    ),
+    STAGE_NAME: ("a valid stage name", "use 1 to 40 letters, digits, '_', '.' or '-'"),
+    METRIC_NAME: (
+        "a valid metric name",
+        "start with a lower-case letter, then lower-case letters, digits and '-' (at most 63)",
+    ),
+    PROM_LABEL: (
+        "a valid Prometheus label name",
+        "use letters, digits and '_', not starting with a digit",
+    ),
+    "^/": ("a URI prefix", "start it with /"),
+}
+"""What a value of each pattern is, and how to write one."""
+
+_PERCENT_FIELDS = {"weight", "mirrorPercent", "initialCandidateWeight"}
+
+
+def _kind_of(value: object) -> str:
+    """How a YAML value reads to its author: ``the number 120``, ``a list``, ``null``."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {_number(value)}"
+    if isinstance(value, str):
+        return f"the text {value!r}" if len(value) <= 60 else f"a text of {len(value)} characters"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+def _number(value: object) -> str:
+    # repr keeps every digit the user wrote (1e-05, 12345678.0, 50.0 for a whole-number field).
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _bound(value: object) -> str:
+    """A limit from our own models: 100, not the 100.0 pydantic makes of it for float fields."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return _number(value)
+
+
+@dataclass(frozen=True)
+class _Site:
+    """Where a pydantic error is, in the user's terms and in our models."""
+
+    path: tuple[str | int, ...]
+    """The field path as written in the YAML (discriminator tags removed)."""
+    owner: type[BaseModel] | None
+    """The model whose field the last part of `path` names (or would name)."""
+    info: FieldInfo | None
+    """That field, when it exists."""
+
+
+def _site(loc: tuple[str | int, ...]) -> _Site:
+    # Walk RolloutPolicy's fields along the error location. pydantic inserts the discriminator
+    # value ("canary") into locations inside a tagged union; users never wrote that key.
+    current: Any = RolloutPolicy
+    path: list[str | int] = []
+    owner: type[BaseModel] | None = None
+    info: FieldInfo | None = None
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            owner, info = current, _field(current, part)
+            current = info.annotation if info is not None else None
+        elif _is_union(current) and (member := _tagged(current, part)) is not None:
+            current = member
+            continue
+        elif get_origin(current) is dict:
+            current, info = get_args(current)[1], None
+        elif get_origin(current) in (tuple, list):
+            current, info = get_args(current)[0], None
+        else:
+            current, info = None, None
+        path.append(part)
+    return _Site(tuple(path), owner, info)
+
+
+def _unwrap(tp: Any) -> Any:
+    while True:
+        if get_origin(tp) is Annotated:
+            tp = get_args(tp)[0]
+        elif _is_union(tp) and type(None) in get_args(tp):
+            rest = [a for a in get_args(tp) if a is not type(None)]
+            tp = rest[0] if len(rest) == 1 else Union[tuple(rest)]  # noqa: UP007
+        else:
+            return tp
+
+
+def _is_union(tp: Any) -> bool:
+    return get_origin(tp) in (Union, types.UnionType)
+
+
+def _field(model: type[BaseModel], part: str | int) -> FieldInfo | None:
+    for name, info in model.model_fields.items():
+        if part in (name, info.alias):
+            return info
+    return None
+
+
+def _tagged(union: Any, part: str | int) -> type[BaseModel] | None:
+    for member in get_args(union):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            tag = member.model_fields.get("type")
+            if tag is not None and part in [str(v) for v in get_args(tag.annotation)]:
+                return member
+    return None
+
+
+def _aliases(model: type[BaseModel]) -> list[str]:
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _bounds(info: FieldInfo | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in info.metadata if info is not None else []:
+        for key in ("ge", "gt", "le", "lt"):
+            if getattr(item, key, None) is not None:
+                out[key] = getattr(item, key)
+    return out
+
+
+def _range_fix(site: _Site) -> str:
+    """``use a percentage from 0 to 100``, from the limits declared on the field."""
+    bounds = {k: _bound(v) for k, v in _bounds(site.info).items()}
+    name = site.path[-1] if site.path else ""
+    noun = "a percentage" if name in _PERCENT_FIELDS else "a value"
+    if "ge" in bounds and "le" in bounds:
+        return f"use {noun} from {bounds['ge']} to {bounds['le']}"
+    low = {"ge": f"of at least {bounds.get('ge')}", "gt": f"above {bounds.get('gt')}"}
+    high = {"le": f"of at most {bounds.get('le')}", "lt": f"below {bounds.get('lt')}"}
+    said = [low[k] for k in low if k in bounds] + [high[k] for k in high if k in bounds]
+    return f"use {noun} {' and '.join(said)}" if said else "use a value in the allowed range"
+
+
+def _choices(expected: str) -> str:
+    return ", ".join(re.findall(r"'([^']*)'", expected)) or expected
+
+
+def _explain(kind: str, error: Mapping[str, Any], site: _Site) -> tuple[str, str]:
+    """Reason and fix of one pydantic error, in the policy author's terms."""
+    ctx: Mapping[str, Any] = error.get("ctx") or {}
+    value = error.get("input")
+    name = next((p for p in reversed(site.path) if isinstance(p, str)), "")
+    fix = _FIXES.get(kind, "")
+    if value is None and kind in _SCALAR_TYPES:
+        fix = "write a value after the colon"
+    match kind:
+        case "extra_forbidden":
+            known = _aliases(site.owner) if site.owner is not None else []
+            close = difflib.get_close_matches(str(name), known, n=1)
+            if close:
+                return "unknown field", f"did you mean `{close[0]}`? Otherwise remove it"
+            return "unknown field", "remove it; `gitops-rollout schema` lists every field"
+        case "missing":
+            parent = format_path(site.path[:-1])
+            where = f"under {parent}" if parent else "at the top level"
+            described = site.info.description if site.info is not None else None
+            return "required field is missing", f"add `{name}:` {where}" + (
+                f" ({described})" if described else ""
+            )
+        case "int_type" | "int_parsing" | "int_from_float":
+            return f"expected a whole number, got {_kind_of(value)}", fix
+        case "float_type" | "float_parsing":
+            return f"expected a number, got {_kind_of(value)}", fix
+        case "bool_type" | "bool_parsing":
+            return f"expected true or false, got {_kind_of(value)}", fix
+        case "string_type":
+            if isinstance(value, list | dict):
+                fix = "write a single value, not a list or mapping"
+            return f"expected a string, got {_kind_of(value)}", fix
+        case "dict_type" | "model_type" | "model_attributes_type":
+            return f"expected a mapping, got {_kind_of(value)}", fix
+        case "list_type" | "tuple_type":
+            if isinstance(value, str | int | float) and not isinstance(value, bool):
+                fix = f"write it as a list: [{value}]"
+            return f"expected a list, got {_kind_of(value)}", fix
+        case "enum" | "literal_error":
+            choices = _choices(str(ctx.get("expected", "")))
+            return f"unknown value {value!r}", f"use one of: {choices}"
+        case "greater_than_equal":
+            return f"{_number(value)} is below {_bound(ctx['ge'])}", _range_fix(site)
+        case "greater_than":
+            return f"{_number(value)} is not above {_bound(ctx['gt'])}", _range_fix(site)
+        case "less_than_equal":
+            return f"{_number(value)} is above {_bound(ctx['le'])}", _range_fix(site)
+        case "less_than":
+            return f"{_number(value)} is not below {_bound(ctx['lt'])}", _range_fix(site)
+        case "string_pattern_mismatch":
+            what, how = _PATTERN_FIXES.get(
+                str(ctx.get("pattern")), (f"matching {ctx.get('pattern')}", "")
+            )
+            return f"{value!r} is not {what}", how
+        case "string_too_long":
+            limit = ctx.get("max_length")
+            return (
+                f"{len(str(value))} characters long; at most {limit} are allowed",
+                f"shorten it to {limit} characters or fewer",
+            )
+        case "string_too_short":
+            return "must not be empty", fix
+        case "too_short":
+            described = site.info.description if site.info is not None else None
+            need = ctx.get("min_length", 1)
+            entries = "entry" if need == 1 else "entries"
+            return (
+                f"needs at least {need} {entries}, got {ctx.get('actual_length', 0)}",
+                ("add an entry" if need == 1 else f"add {entries}")
+                + (f" ({described})" if described else ""),
+            )
+        case "too_long":
+            return (
+                f"has {ctx.get('actual_length')} entries, more than the "
+                f"{ctx.get('max_length')} allowed",
+                fix,
+            )
+        case "value_error" | "assertion_error":
+            cause = ctx.get("error")
+            if isinstance(cause, _FieldError):
+                return str(cause), cause.fix
+            return str(cause if cause is not None else error["msg"]), ""
+        case "union_tag_invalid":
+            tags = ", ".join(s.value for s in StrategyKind)
+            return f"unknown strategy type {ctx.get('tag')!r}", f"use one of: {tags}"
+        case "union_tag_not_found":
+            tags = ", ".join(s.value for s in StrategyKind)
+            return "strategy type is missing", f"add `type:` with one of: {tags}"
+    return str(error["msg"]), fix
 
 
 def _problem_from_error(doc: Document, error: Mapping[str, Any]) -> Problem:
-    loc: tuple[str | int, ...] = tuple(
-        part for part in error["loc"] if not _is_union_tag(part, error)
-    )
+    site = _site(tuple(error["loc"]))
     kind = error["type"]
-    fix = _FIXES.get(kind, "")
-    if kind == "extra_forbidden":
-        reason = "unknown field"
-    elif kind == "missing":
-        reason = "required field is missing"
-    elif kind in ("union_tag_invalid", "union_tag_not_found"):
-        loc = (*loc, "type")
-        tags = ", ".join(s.value for s in StrategyKind)
-        got = error.get("ctx", {}).get("tag")
-        reason = f"unknown strategy {got!r}" if got else "strategy type is missing"
-        fix = f"use one of {tags}"
-    else:
-        reason = str(error["msg"])
-        if reason.startswith("Value error, "):
-            reason = reason[len("Value error, ") :]
-        if "input" in error and kind not in ("model_type", "dict_type", "model_attributes_type"):
-            shown = repr(error["input"])
-            if len(shown) <= 60 and shown not in reason:
-                reason = f"{reason} (got {shown})"
-    line = doc.line_of(loc)
-    return Problem(doc.file, line, format_path(loc), reason, fix)
-
-
-def _is_union_tag(part: str | int, error: Mapping[str, Any]) -> bool:
-    # pydantic inserts the discriminator value ("canary") into the location of errors inside a
-    # tagged union member; users never wrote that key, so it is dropped from the path.
-    return isinstance(part, str) and part in {s.value for s in StrategyKind}
+    path = site.path
+    if kind == "union_tag_not_found" or kind == "union_tag_invalid":
+        path = (*path, "type")
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, _FieldError):
+        path = (*path, *cause.at)
+    reason, fix = _explain(kind, error, site)
+    return Problem(doc.file, doc.line_of(path), format_path(path), reason, fix)
 
 
 def _relevant(errors: list[Any]) -> list[Any]:
@@ -723,20 +1026,38 @@ def parse_policy(doc: Document) -> tuple[RolloutPolicy | None, list[Problem]]:
                 doc.file,
                 doc.start_line,
                 "",
-                f"expected a RolloutPolicy mapping, got {type(value).__name__}",
+                f"expected a RolloutPolicy mapping, got {_kind_of(value)}",
                 f"start the document with apiVersion: {API_VERSION} and kind: {KIND}",
             )
         ]
-    if value.get("apiVersion") != API_VERSION or value.get("kind") != KIND:
-        got = f"{value.get('apiVersion')}/{value.get('kind')}"
+    if value.get("kind") != KIND:
         return None, [
             Problem(
                 doc.file,
                 doc.line_of(("kind",)),
                 "kind",
-                f"not a RolloutPolicy (got {got})",
-                f"use apiVersion: {API_VERSION} and kind: {KIND}, or move the file out of "
-                "policies/",
+                f"expected kind {KIND}, got {_kind_of(value['kind'])}"
+                if "kind" in value
+                else "required field is missing",
+                f"use kind: {KIND} with apiVersion: {API_VERSION}; other kinds do not belong "
+                "in policies/",
+            )
+        ]
+    api_version = value.get("apiVersion")
+    if api_version != API_VERSION:
+        if "apiVersion" not in value:
+            reason = "required field is missing"
+        elif isinstance(api_version, str):
+            reason = f"unsupported apiVersion {api_version!r}"
+        else:
+            reason = f"expected apiVersion {API_VERSION}, got {_kind_of(api_version)}"
+        return None, [
+            Problem(
+                doc.file,
+                doc.line_of(("apiVersion",)),
+                "apiVersion",
+                reason,
+                f"use apiVersion: {API_VERSION}",
             )
         ]
     try:
@@ -782,30 +1103,26 @@ def check_unique(policies: Iterable[LoadedPolicy]) -> PolicySet:
         first = by_name.get(pol.name)
         if first is not None:
             problems.append(
-                Problem(
-                    loaded.file,
-                    loaded.line,
-                    "metadata.name",
-                    f"policy {pol.name!r} is already defined in {first.file}:{first.line}",
-                    "rename one of them or delete the duplicate",
+                loaded.problem(
+                    ("metadata", "name"),
+                    f"policy {pol.name!r} is already defined in {_where(first)}",
+                    "rename one of them, or delete the duplicate",
                 )
             )
             continue
         clash = [
-            by_model[(c.name, pol.model)]
+            (c.name, by_model[(c.name, pol.model)])
             for c in pol.spec.clusters
             if (c.name, pol.model) in by_model
         ]
         if clash:
-            other = clash[0]
+            cluster, other = clash[0]
             problems.append(
-                Problem(
-                    loaded.file,
-                    loaded.line,
-                    "spec.model",
-                    f"model {pol.model!r} already has a policy ({other.policy.name} in "
-                    f"{other.file}:{other.line}); one model, one policy per cluster",
-                    "merge the two policies or remove the cluster from one of them",
+                loaded.problem(
+                    ("spec", "model") if pol.spec.model else ("metadata", "name"),
+                    f"model {pol.model!r} in cluster {cluster!r} is already rolled out by policy "
+                    f"{other.policy.name!r} ({_where(other)}); a model has one policy per cluster",
+                    "merge the two policies, or remove the cluster from one of them",
                 )
             )
             continue
@@ -814,6 +1131,10 @@ def check_unique(policies: Iterable[LoadedPolicy]) -> PolicySet:
             by_model[(c.name, pol.model)] = loaded
         kept.append(loaded)
     return PolicySet(kept, problems)
+
+
+def _where(loaded: LoadedPolicy) -> str:
+    return f"{loaded.file}:{loaded.lines.get(('metadata', 'name'), loaded.line)}"
 
 
 def load_policies(root: Path, *, subdir: str = "policies") -> PolicySet:

@@ -21,28 +21,54 @@ _EXPECTED_KIND = {
 }
 
 
-def _version_problem(loaded: LoadedPolicy, version: ModelVersion) -> str | None:
+def _target_for(version: ModelVersion) -> TargetKind | None:
+    """The target kind that fits a version's manifest, for the fix."""
+    if version.ref.kind == Kind.INFERENCE_SERVICE:
+        return TargetKind.KSERVE_MODELMESH if version.modelmesh else TargetKind.KSERVE
+    if version.ref.kind == Kind.SELDON_DEPLOYMENT:
+        return TargetKind.SELDON
+    if version.ref.kind == Kind.DEPLOYMENT:
+        return TargetKind.DEPLOYMENT
+    return None
+
+
+def _version_problem(
+    loaded: LoadedPolicy, version: ModelVersion, cluster_index: int
+) -> Problem | None:
     target = loaded.policy.spec.target
     expected = _EXPECTED_KIND[target.kind]
+    where = f"{version.ref} ({version.file})"
+    kind_path: tuple[str | int, ...] = ("spec", "target", "kind")
     if version.ref.kind != expected:
-        return (
-            f"{version.file}: {version.ref} is a {version.ref.kind}, but target "
-            f"{target.kind.value} expects {expected.value}"
+        fits = _target_for(version)
+        switch = f"use kind: {fits.value}" if fits is not None else "use the target that fits"
+        return loaded.problem(
+            kind_path,
+            f"target {target.kind.value} expects a {expected.value}, but {where} is a "
+            f"{version.ref.kind}",
+            f"{switch}, or check that the policy names the right model",
         )
     if target.kind is TargetKind.KSERVE_MODELMESH and not version.modelmesh:
-        return (
-            f"{version.file}: {version.ref} lacks the annotation "
-            "serving.kserve.io/deploymentMode: ModelMesh that target kserve-modelmesh needs"
+        return loaded.problem(
+            kind_path,
+            "target kserve-modelmesh needs the annotation serving.kserve.io/deploymentMode: "
+            f"ModelMesh, which {where} lacks",
+            "add the annotation to the InferenceService, or use kind: kserve if ModelMesh "
+            "does not serve it",
         )
     if target.kind is TargetKind.KSERVE and version.modelmesh:
-        return (
-            f"{version.file}: {version.ref} is a ModelMesh InferenceService; use target "
-            "kind kserve-modelmesh"
+        return loaded.problem(
+            kind_path,
+            f"{where} is served by ModelMesh (serving.kserve.io/deploymentMode: ModelMesh), "
+            "which target kserve does not route",
+            "use kind: kserve-modelmesh",
         )
     if target.kind is TargetKind.DEPLOYMENT and version.service_name is None:
-        return (
-            f"{version.file}: no Service named {version.ref.name} (or selecting "
-            f"app.kubernetes.io/version: {version.version}) routes to {version.ref}; add one"
+        return loaded.problem(
+            ("spec", "clusters", cluster_index, "name"),
+            f"no Service routes to {where}: none is named {version.ref.name} or selects "
+            f"app.kubernetes.io/version: {version.version}",
+            f"add a Service named {version.ref.name} that selects the Deployment's pods",
         )
     return None
 
@@ -60,7 +86,7 @@ def check_policy(loaded: LoadedPolicy, inventory: Inventory) -> list[Problem]:
                     path,
                     f"cluster {cluster.name!r} has no folder clusters/{cluster.name}/ "
                     f"(clusters found: {known})",
-                    "fix the name or add the cluster's folder",
+                    f"correct the name, or add the folder clusters/{cluster.name}/",
                 )
             )
             continue
@@ -71,29 +97,25 @@ def check_policy(loaded: LoadedPolicy, inventory: Inventory) -> list[Problem]:
                     ("spec", "model") if policy.spec.model else ("metadata", "name"),
                     f"no version of model {policy.model!r} in clusters/{cluster.name}/",
                     f"label its manifests app.kubernetes.io/name: {policy.model} and "
-                    'gitops-rollout.dev/watch: "true"',
+                    'gitops-rollout.dev/watch: "true", or set spec.model to the name they carry',
                 )
             )
             continue
         for version in versions:
-            found = _version_problem(loaded, version)
-            if found:
-                problems.append(
-                    loaded.problem(
-                        ("spec", "target", "kind"), found, "align the target with the manifests"
-                    )
-                )
-        if (
+            found = _version_problem(loaded, version, index)
+            if found is not None:
+                problems.append(found)
+        native_kserve = (
             policy.spec.target.kind is TargetKind.KSERVE
             and policy.spec.target.mode is TargetMode.NATIVE
-        ):
-            if len(versions) != 1:
-                problems.append(
-                    loaded.problem(
-                        ("spec", "target", "mode"),
-                        f"mode native expects one InferenceService in {cluster.name}, found "
-                        f"{len(versions)}",
-                        "use mode: separate for one InferenceService per version",
-                    )
+        )
+        if native_kserve and len(versions) != 1:
+            problems.append(
+                loaded.problem(
+                    ("spec", "target", "mode"),
+                    f"mode native expects one InferenceService in {cluster.name}, found "
+                    f"{len(versions)}",
+                    "use mode: separate for one InferenceService per version",
                 )
+            )
     return problems

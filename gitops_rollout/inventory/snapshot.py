@@ -19,6 +19,8 @@ from gitops_rollout.yamlsource import YamlProblem, load_documents
 
 _KINDS = {Kind.INFERENCE_SERVICE, Kind.SELDON_DEPLOYMENT, Kind.DEPLOYMENT}
 
+_EXPORT = "kubectl get isvc,sdep,deploy -A -o yaml"
+
 
 def _items(value: Any) -> Iterator[Mapping[str, Any]]:
     if isinstance(value, Mapping):
@@ -45,13 +47,37 @@ def parse_snapshot(
             docs = [json.loads(text)]
         except json.JSONDecodeError as err:
             raise ManifestError(
-                [Problem(file, err.lineno, "", f"invalid JSON: {err.msg}", "fix the JSON syntax")]
+                [
+                    Problem(
+                        file,
+                        err.lineno,
+                        "",
+                        f"invalid JSON at column {err.colno}: {err.msg[:1].lower()}{err.msg[1:]}",
+                        f"fix the JSON at that line, or export it again with {_EXPORT[:-4]}json",
+                    )
+                ]
             ) from err
     else:
         try:
-            docs = [d.value for d in load_documents(text, file=file)]
+            found = load_documents(text, file=file)
         except YamlProblem as err:
             raise ManifestError([err.problem]) from err
+        not_objects = [d for d in found if not isinstance(d.value, Mapping | list)]
+        if not_objects:
+            raise ManifestError(
+                [
+                    Problem(
+                        file,
+                        d.start_line,
+                        "",
+                        f"expected Kubernetes objects or a List, got {type(d.value).__name__} "
+                        f"{d.value!r:.40}",
+                        f"export the inventory with {_EXPORT}",
+                    )
+                    for d in not_objects
+                ]
+            )
+        docs = [d.value for d in found]
     out: dict[tuple[str, ObjectRef], Status] = {}
     for obj in _items(docs):
         kind = obj.get("kind")
