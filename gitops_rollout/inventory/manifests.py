@@ -125,7 +125,12 @@ def _version_from(
         return [
             replace(
                 base,
-                spec_digest=digest(predictor),
+                # The traffic field is the rollout's own output, not part of what is served.
+                spec_digest=digest(
+                    {k: v for k, v in predictor.items() if k != "canaryTrafficPercent"}
+                    if isinstance(predictor, dict)
+                    else predictor
+                ),
                 modelmesh=annotations.get(MODELMESH_ANNOTATION) == "ModelMesh",
                 traffic=traffic if isinstance(traffic, int) else None,
             )
