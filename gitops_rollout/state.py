@@ -16,6 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import yaml
+
+from gitops_rollout.yamlsource import load_fast
+
 PREFIX = "gitops-rollout.dev/"
 HASH_KEY = PREFIX + "content-hash"
 HASH_PLACEHOLDER = "0" * 16
@@ -148,11 +152,10 @@ def rollout_dir(*, cluster: str, namespace: str, model: str) -> str:
 
 def read_stored(text: bytes) -> StoredState:
     """The state recorded in a routing file, and whether the file was edited by hand."""
-    import yaml  # local: only this reader needs it, and it is cheap once imported
-
     edited = is_hand_edited(text)
     try:
-        first = next(iter(yaml.safe_load_all(text)), None)
+        docs = load_fast(text)
+        first = docs[0] if docs else None
     except yaml.YAMLError as err:
         return StoredState(RolloutState(), True, (f"routing file is not valid YAML: {err}",))
     meta = first.get("metadata") if isinstance(first, dict) else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
@@ -90,6 +91,8 @@ class GitTree:
             if kind == b"blob" and mode != b"120000":
                 self._entries[path.decode()] = oid.decode()
         self._sorted = sorted(self._entries)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
 
     def _git(self, *args: str) -> bytes:
         try:
@@ -116,32 +119,79 @@ class GitTree:
             raise FileNotFoundError(path) from None
 
     def read(self, path: str) -> bytes:
-        return self.read_many([path])[path]
+        oid = self.blob_id(path)
+        with self._lock:
+            proc = self._batch()
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(oid.encode() + b"\n")
+            proc.stdin.flush()
+            header = proc.stdout.readline()
+            parts = header.split()
+            if len(parts) != 3:
+                raise GitWriteError(f"git cat-file could not read {path} ({header!r})")
+            data = proc.stdout.read(int(parts[2]))
+            proc.stdout.read(1)  # the newline after each object
+            return data
+
+    def _batch(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                ["git", "--git-dir", str(self.git_dir), "cat-file", "--batch"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+        return self._proc
+
+    def close(self) -> None:
+        """Stop the reader process (also stopped when the tree is garbage-collected)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            proc.wait(timeout=10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001, S110 - interpreter shutdown: nothing left to do
+            pass
 
     def read_many(self, paths: Iterable[str]) -> dict[str, bytes]:
-        """Contents of many files in one ``git cat-file --batch`` call."""
-        wanted = list(paths)
-        ids = [self.blob_id(p) for p in wanted]
-        if not ids:
-            return {}
-        try:
-            out = subprocess.run(
-                ["git", "--git-dir", str(self.git_dir), "cat-file", "--batch"],
-                input="\n".join(ids).encode() + b"\n",
-                check=True,
-                capture_output=True,
-            ).stdout
-        except subprocess.CalledProcessError as err:
-            raise GitWriteError(
-                f"git cat-file failed: {err.stderr.decode(errors='replace').strip()}"
-            ) from err
-        result: dict[str, bytes] = {}
-        pos = 0
-        for path in wanted:
-            header_end = out.index(b"\n", pos)
-            _oid, _kind, size = out[pos:header_end].split(b" ")
-            start = header_end + 1
-            end = start + int(size)
-            result[path] = out[start:end]
-            pos = end + 1
-        return result
+        """Contents of many files (one long-lived ``git cat-file --batch`` reader)."""
+        return {path: self.read(path) for path in paths}
+
+
+class OverlayTree:
+    """A tree with some files replaced or deleted in memory (renders that build on each other)."""
+
+    def __init__(self, base: Tree) -> None:
+        self.base = base
+        self.overrides: dict[str, bytes | None] = {}
+
+    def update(self, files: dict[str, bytes | None]) -> None:
+        self.overrides.update(files)
+
+    def paths(self, prefix: str = "") -> list[str]:
+        head = prefix.rstrip("/") + "/" if prefix else ""
+        found = set(self.base.paths(prefix))
+        for path, data in self.overrides.items():
+            if data is None:
+                found.discard(path)
+            elif path.startswith(head):
+                found.add(path)
+        return sorted(found)
+
+    def read(self, path: str) -> bytes:
+        if path in self.overrides:
+            data = self.overrides[path]
+            if data is None:
+                raise FileNotFoundError(path)
+            return data
+        return self.base.read(path)
+
+    def blob_id(self, path: str) -> str:
+        if path in self.overrides:
+            return blob_id(self.read(path))
+        return self.base.blob_id(path)

@@ -34,6 +34,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -49,7 +50,7 @@ from gitops_rollout.metrics.base import (
     utc,
 )
 from gitops_rollout.metrics.queries import format_edge
-from gitops_rollout.yamlsource import YamlProblem, format_path, load_documents
+from gitops_rollout.yamlsource import YamlProblem, format_path, load_documents, load_fast
 
 API_VERSION = "gitops-rollout.dev/v1alpha1"
 KIND = "MetricsRecording"
@@ -160,7 +161,20 @@ class FileProvider:
 
 
 def parse(text: str | bytes, *, file: str) -> Recording:
-    """Validate a recording; every problem is reported with its line."""
+    """Validate a recording; every problem is reported with its line.
+
+    A valid recording is parsed once, with libyaml; only an invalid one is parsed again with
+    line tracking to say where the problems are (recordings grow to thousands of samples).
+    """
+    try:
+        fast = load_fast(text)
+    except yaml.YAMLError:
+        fast = None
+    if fast is not None and len(fast) == 1:
+        try:
+            return Recording.model_validate(fast[0])
+        except ValidationError:
+            pass  # located below
     try:
         docs = load_documents(text, file=file)
     except YamlProblem as err:
