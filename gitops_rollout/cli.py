@@ -1,4 +1,4 @@
-"""Command line: the composition root. Flags and environment become Settings; clients are built here.
+"""Command line: the composition root. Flags and environment become Settings; clients built here.
 
 The command names, flags and exit codes are a stable contract (DESIGN.md): 0 ok, 1 invalid input
 (``file:line: path: reason``), 2 runtime failure (Git, host, metrics unreachable). Output is for
@@ -169,14 +169,16 @@ def plan(
     as_json: bool,
 ) -> None:
     """Show each rollout's decision and the diff it would make; writes nothing to Git."""
-    from gitops_rollout import reconcile
+    from gitops_rollout import composition
+    from gitops_rollout.settings import GitSettings
 
     try:
-        result = reconcile.plan_only(
+        result = composition.plan_only(
             repo=repo,
             inventory=list(inventory),
             metrics_file=metrics,
             now=_parse_now(now),
+            cache_dir=GitSettings().cache_dir,
         )
     except RolloutError as error:
         _fail(error)
@@ -196,12 +198,23 @@ def plan(
 @_inventory_option
 @_now_option
 @json_option
-def status(repo: Path, inventory: tuple[str, ...], now: str | None, as_json: bool) -> None:
+@click.option("--remote", default=None, help="Bare repository of the local host, for PR numbers.")
+def status(
+    repo: Path, inventory: tuple[str, ...], now: str | None, as_json: bool, remote: str | None
+) -> None:
     """One row per rollout: cluster, model, phase, weights, reason, PR."""
-    from gitops_rollout import reconcile
+    from gitops_rollout import composition
+    from gitops_rollout.gitops.repo import origin_url
+    from gitops_rollout.settings import GitSettings, env
 
     try:
-        rows = reconcile.status_rows(repo=repo, inventory=list(inventory), now=_parse_now(now))
+        rows = composition.status_rows(
+            repo=repo,
+            inventory=list(inventory),
+            now=_parse_now(now),
+            cache_dir=GitSettings().cache_dir,
+            remote=remote or env("REMOTE") or origin_url(repo),
+        )
     except RolloutError as error:
         _fail(error)
         return
@@ -231,3 +244,314 @@ def run() -> None:
         sys.exit(1)
     except RolloutError as error:
         _fail(error)
+
+
+# -- passes that write -----------------------------------------------------------------------
+
+
+def _remote_of(repo: Path, remote: str | None) -> str:
+    """The remote to act on: --remote, $GITOPS_ROLLOUT_REMOTE, or the checkout's origin."""
+    from gitops_rollout.gitops.repo import origin_url
+    from gitops_rollout.settings import env
+
+    chosen = remote or env("REMOTE")
+    if chosen:
+        return chosen
+    found = origin_url(repo)
+    if found is None:
+        raise click.UsageError(
+            f"{repo} has no 'origin' remote; pass --remote (a URL, or a bare repository path for "
+            "--host local)"
+        )
+    return found
+
+
+def _settings(
+    *, repo: Path, remote: str | None, host: str, base: str, cache_dir: Path | None
+) -> Any:
+    from gitops_rollout.settings import GitSettings, HostSettings, Settings
+
+    git = GitSettings(remote=_remote_of(repo, remote), base=base)
+    if cache_dir is not None:
+        git = GitSettings(remote=git.remote, base=base, cache_dir=cache_dir)
+    return Settings(repo=repo, git=git, host=HostSettings(kind=host))
+
+
+def pass_options(func: F) -> F:
+    for option in reversed(
+        [
+            repo_option,
+            click.option(
+                "--remote",
+                default=None,
+                help="The GitOps repository's remote (URL or bare repo path).",
+            ),
+            click.option(
+                "--host",
+                type=click.Choice(["local", "github", "gitlab", "gitea"]),
+                default=lambda: __import__("os").environ.get("GITOPS_ROLLOUT_HOST", "local"),
+                show_default="local",
+                help="Where pull requests live.",
+            ),
+            click.option(
+                "--base", default="main", show_default=True, help="Branch Argo CD/Flux sync."
+            ),
+            click.option(
+                "--cache-dir",
+                type=click.Path(file_okay=False, path_type=Path),
+                default=None,
+                help="Where the bot keeps its clone (default ~/.cache/gitops-rollout).",
+            ),
+            _inventory_option,
+            _metrics_option,
+            click.option("--prometheus", default=None, help="Prometheus base URL for analysis."),
+            _now_option,
+            click.option("--cluster", "clusters", multiple=True, help="Only these clusters."),
+            json_option,
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def _run_pass(
+    *,
+    repo: Path,
+    remote: str | None,
+    host: str,
+    base: str,
+    cache_dir: Path | None,
+    inventory: tuple[str, ...],
+    metrics: str | None,
+    prometheus: str | None,
+    now: str | None,
+    clusters: tuple[str, ...],
+    as_json: bool,
+    policies: frozenset[str] | None = None,
+    commands: dict[tuple[str, str], Any] | None = None,
+) -> None:
+    from gitops_rollout import composition, reconcile
+
+    settings = _settings(repo=repo, remote=remote, host=host, base=base, cache_dir=cache_dir)
+    when = _parse_now(now)
+    try:
+        with composition.pass_context(
+            settings,
+            inventory=list(inventory),
+            metrics_file=metrics,
+            prometheus=prometheus,
+            now=when,
+        ) as ctx:
+            report = reconcile.run_once(
+                workspace=ctx.workspace,
+                host=ctx.host,
+                options=reconcile.PassOptions(
+                    now=when,
+                    commands=commands or {},
+                    policies=policies,
+                    clusters=frozenset(clusters) if clusters else None,
+                ),
+                inventory=ctx.inventory,
+                judge=ctx.judge,
+            )
+    except RolloutError as error:
+        _fail(error)
+        return
+    _print_report(report, as_json=as_json)
+    if report.errors:
+        sys.exit(2)
+    if report.problems:
+        sys.exit(1)
+
+
+def _print_report(report: Any, *, as_json: bool) -> None:
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "decisions": [d.as_json() for d in report.decisions],
+                    "problems": [str(p) for p in report.problems],
+                    "errors": report.errors,
+                },
+                indent=2,
+            )
+        )
+        return
+    _print_problems(report.problems)
+    for stage, messages in report.errors.items():
+        for message in messages:
+            err.print(f"error ({stage}): {message}", markup=False)
+    table = Table("cluster", "model", "decision", "PR", "outcome", "why")
+    for d in report.decisions:
+        table.add_row(
+            d.cluster,
+            d.model,
+            f"{d.action}: {d.title}",
+            f"#{d.pr}" if d.pr else "",
+            d.outcome,
+            d.reason,
+        )
+    out.print(table)
+
+
+@main.command()
+@pass_options
+def reconcile(**kwargs: Any) -> None:
+    """One pass: decide every rollout and open, update or merge its pull request."""
+    _run_pass(**kwargs)
+
+
+def _operator(command_name: str) -> Callable[..., None]:
+    def action(policy_name: str, **kwargs: Any) -> None:
+        from gitops_rollout.transitions import Command
+
+        clusters: tuple[str, ...] = kwargs["clusters"]
+        command = Command(command_name)
+        wanted = _clusters_of(kwargs["repo"], policy_name, clusters)
+        _run_pass(
+            **kwargs,
+            policies=frozenset({policy_name}),
+            commands={(policy_name, c): command for c in wanted},
+        )
+
+    action.__doc__ = {
+        "promote": "Open a PR promoting POLICY's candidate now, skipping remaining steps.",
+        "abort": "Open a PR rolling POLICY back to its primary now.",
+        "pause": "Open a PR pausing POLICY: no further steps until resumed.",
+        "resume": "Open a PR resuming POLICY (also rewrites hand-edited generated files).",
+    }[command_name]
+    return action
+
+
+def _clusters_of(repo: Path, policy_name: str, clusters: tuple[str, ...]) -> list[str]:
+    from gitops_rollout import repository
+
+    view = repository.load(DirTree(repo))
+    for loaded in [*view.policies.policies, *view.held]:
+        if loaded.policy.name == policy_name:
+            names = [c.name for c in loaded.policy.spec.clusters]
+            unknown = sorted(set(clusters) - set(names))
+            if unknown:
+                raise click.UsageError(
+                    f"policy {policy_name} has no cluster {', '.join(unknown)} "
+                    f"(it has {', '.join(names)})"
+                )
+            return list(clusters) or names
+    raise click.UsageError(f"no valid policy named {policy_name!r} in {repo}/policies")
+
+
+for _name in ("promote", "abort", "pause", "resume"):
+    main.command(name=_name)(
+        pass_options(click.argument("policy_name", metavar="POLICY")(_operator(_name)))
+    )
+
+
+@main.group()
+def pr() -> None:
+    """Pull requests on the local host (a bare repository on disk)."""
+
+
+def _local_host(repo: Path, remote: str | None) -> Any:
+    from gitops_rollout.gitops.hosts.local import LocalHost
+
+    return LocalHost(Path(_remote_of(repo, remote).removeprefix("file://")), user="human")
+
+
+def _pr_options(func: F) -> F:
+    func = click.option(
+        "--remote", default=None, help="The bare repository (default: origin of --repo)."
+    )(func)
+    return repo_option(func)
+
+
+@pr.command(name="list")
+@_pr_options
+@json_option
+@click.option(
+    "--state",
+    type=click.Choice(["open", "merged", "closed", "all"]),
+    default="open",
+    show_default=True,
+)
+def pr_list(repo: Path, remote: str | None, as_json: bool, state: str) -> None:
+    """List pull requests."""
+    from gitops_rollout.gitops.hosts.base import PullState
+
+    host = _local_host(repo, remote)
+    records = host.list_pulls(state=None if state == "all" else PullState(state))
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in records], indent=2, default=str))
+        return
+    table = Table("#", "state", "title", "branch")
+    for r in records:
+        table.add_row(str(r.number), r.state.value, r.title, r.head)
+    out.print(table)
+
+
+@pr.command(name="show")
+@_pr_options
+@click.argument("number", type=int)
+def pr_show(repo: Path, remote: str | None, number: int) -> None:
+    """Show one pull request: title, state, body and files."""
+    host = _local_host(repo, remote)
+    record = host.show(number)
+    out.print(f"#{record.number} [{record.state.value}] {record.title}", markup=False)
+    out.print(f"{record.head} -> {record.base}", markup=False)
+    out.print(host.diffstat(number), markup=False)
+    out.print(record.body, markup=False)
+    for comment in record.comments:
+        out.print(f"\n--- {comment.author}: {comment.body}", markup=False)
+
+
+@pr.command(name="merge")
+@_pr_options
+@click.argument("number", type=int)
+def pr_merge(repo: Path, remote: str | None, number: int) -> None:
+    """Merge a pull request (as a human reviewer)."""
+    host = _local_host(repo, remote)
+    record = host.show(number)
+    result = host.merge(number, message=f"{record.title} (#{number})")
+    if not result.merged:
+        err.print(f"#{number} not merged: {result.reason}", markup=False)
+        sys.exit(1)
+    out.print(f"#{number} merged as {result.merge_sha}", markup=False)
+
+
+@pr.command(name="close")
+@_pr_options
+@click.argument("number", type=int)
+@click.option("--comment", default="", help="Why (recorded on the pull request).")
+def pr_close(repo: Path, remote: str | None, number: int, comment: str) -> None:
+    """Close a pull request without merging: a veto that pauses the rollout."""
+    host = _local_host(repo, remote)
+    host.close(number, comment=comment)
+    out.print(f"#{number} closed", markup=False)
+
+
+@main.command()
+@click.option(
+    "--example",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="The example GitOps repository (default: the one bundled with this project).",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".demo"),
+    show_default=True,
+    help="Where the demo puts its bare remote, caches and snapshots (recreated).",
+)
+def demo(example: Path | None, workdir: Path) -> None:
+    """Run the example's five scenarios through every pull request on a local remote."""
+    from gitops_rollout import demo as demo_module
+
+    root = example or Path(__file__).resolve().parents[1]
+    if not (root / "policies").is_dir() or not (root / "clusters").is_dir():
+        raise click.UsageError(
+            f"{root} has no policies/ and clusters/; pass --example with the example repository"
+        )
+    ok = demo_module.run(root, workdir.resolve(), console=out)
+    remote = workdir.resolve() / "remote.git"
+    out.print(f"\nInspect it: gitops-rollout pr list --state all --remote {remote}")
+    sys.exit(0 if ok else 2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from gitops_rollout import render, transitions
 from gitops_rollout.errors import Problem
@@ -18,7 +19,9 @@ from gitops_rollout.inventory.model import Inventory
 from gitops_rollout.policy import ClusterOrder, LoadedPolicy, PolicySet, TransitionKind
 from gitops_rollout.state import ROUTING_FILE as ROUTING_FILE
 from gitops_rollout.state import Phase, RolloutState, StoredState, read_stored, rollout_dir
-from gitops_rollout.tree import Tree
+
+if TYPE_CHECKING:
+    from gitops_rollout.tree import Tree
 
 
 @dataclass(frozen=True, order=True)
@@ -93,6 +96,7 @@ def situations(
     inventory: Inventory,
     *,
     step_started: Mapping[RolloutKey, datetime | None],
+    rollout_started: Mapping[RolloutKey, datetime] | None = None,
     stored: Mapping[RolloutKey, StoredState | None] | None = None,
     broken: Mapping[str, list[Problem]] | None = None,
 ) -> list[transitions.Situation]:
@@ -129,6 +133,7 @@ def situations(
                     stored=states.get(key),
                     step_started=step_started.get(key),
                     blocking=blocking,
+                    rollout_started=(rollout_started or {}).get(key),
                 )
             )
     return out
@@ -202,8 +207,8 @@ def orphans(tree: Tree, policies: PolicySet, *, policy_paths: set[str]) -> list[
         owner = stored.state.policy
         if owner and owner in policy_paths:
             continue
-        files = render.remove_rollout(
+        removed = render.remove_rollout(
             key.model, cluster=key.cluster, namespace=key.namespace, tree=tree
         )
-        out.append(Planned(key, None, dict(files), removal=True))
+        out.append(Planned(key, None, dict(removed.files), list(removed.problems), removal=True))
     return out

@@ -73,6 +73,9 @@ class RolloutState:
     paused_from: Phase | None = None
     policy: str = ""
     """Repository path of the policy that owns the rollout."""
+    rollout: str = ""
+    """Id of the current rollout (one candidate's way from first step to promotion or
+    rollback); every commit of it carries the trailer ``Rollout-Id``."""
 
     @property
     def candidate(self) -> VersionMark | None:
@@ -93,6 +96,8 @@ class RolloutState:
             out[PREFIX + "paused-from"] = self.paused_from.value
         if self.policy:
             out[PREFIX + "policy"] = self.policy
+        if self.rollout:
+            out[PREFIX + "rollout"] = self.rollout
         if self.reason:
             out[PREFIX + "reason"] = self.reason
         return out
@@ -129,6 +134,7 @@ class RolloutState:
             reason=get("reason"),
             paused_from=Phase(paused_from) if paused_from else None,
             policy=get("policy"),
+            rollout=get("rollout"),
         )
 
 

@@ -15,6 +15,7 @@ candidate's manifest goes); route-only is promote (winner takes all, becomes pri
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -144,6 +145,8 @@ class Situation:
     step_started: datetime | None
     """When the current state's change took effect (merge time, or sync time when known)."""
     problems: tuple[str, ...] = ()
+    rollout_started: datetime | None = None
+    """When the rollout's first step took effect: the evidence window starts there."""
     """Why the rollout cannot proceed at all (no primary, ambiguous roles, broken manifest)."""
 
     @property
@@ -201,6 +204,7 @@ def assess(
     stored: StoredState | None,
     step_started: datetime | None,
     blocking: Sequence[str] = (),
+    rollout_started: datetime | None = None,
 ) -> Situation:
     """Find the primary and the candidates of one rollout in one cluster."""
     policy = loaded.policy
@@ -223,6 +227,7 @@ def assess(
         candidates=tuple(candidates),
         step_started=step_started,
         problems=tuple(problems),
+        rollout_started=rollout_started,
     )
 
 
@@ -285,6 +290,12 @@ def _native_kserve(
 
 # ---------------------------------------------------------------------------------------------
 # advance
+
+
+def rollout_id(cluster: str, primary: ModelVersion, candidates: Sequence[ModelVersion]) -> str:
+    """A stable id for one rollout: the same cluster, primary and candidates give the same id."""
+    marks = [cluster, _mark(primary).encode(), *(_mark(c).encode() for c in candidates)]
+    return hashlib.sha256("\n".join(marks).encode()).hexdigest()[:12]
 
 
 def _mark(version: ModelVersion) -> VersionMark:
@@ -462,7 +473,13 @@ def advance(
                     weights=dict(state.weights),
                 )
         return Transition(
-            s, Action.HOLD, state, plan, TransitionKind.STEP, "routing refresh", (reason, *extra)
+            s,
+            Action.HOLD,
+            state,
+            plan,
+            TransitionKind.STEP,
+            f"routing: {plan.describe()}" if plan else "no routing",
+            (reason, *extra),
         )
 
     if s.problems:
@@ -552,7 +569,9 @@ def _from_idle(
     kind = TransitionKind.ADOPT if s.stored is None else TransitionKind.STEP
 
     def stay(reason: str) -> Transition:
-        return Transition(s, Action.NONE, idle_state, idle_plan, kind, _idle_title(s), (reason,))
+        return Transition(
+            s, Action.NONE, idle_state, idle_plan, kind, _idle_title(s, idle_plan), (reason,)
+        )
 
     if candidate is None:
         return stay(f"no candidate; all traffic to {primary.version}")
@@ -593,6 +612,7 @@ def _from_idle(
         candidates=tuple(_mark(c) for c in s.candidates),
         policy=s.loaded.file,
         reason=f"candidate {candidate.version} is Ready",
+        rollout=rollout_id(s.cluster, primary, s.candidates),
     )
     plan = plan_for(policy, primary=primary, candidates=s.candidates, phase=new.phase, step=1)
     new = replace(new, weights=_weights_of(plan))
@@ -610,8 +630,8 @@ def _from_idle(
     )
 
 
-def _idle_title(s: Situation) -> str:
-    return "adopt" if s.stored is None else "routing refresh"
+def _idle_title(s: Situation, plan: RoutePlan) -> str:
+    return "adopt" if s.stored is None else f"routing: {plan.describe()}"
 
 
 def _progress_title(policy: RolloutPolicy, step: int, plan: RoutePlan, label: str) -> str:
@@ -621,6 +641,8 @@ def _progress_title(policy: RolloutPolicy, step: int, plan: RoutePlan, label: st
     if strategy is StrategyKind.MIRROR and plan.mirror is not None:
         return f"mirror {plan.mirror_percent:g}% to {plan.mirror.version}"
     cand = sum(w for v, w in plan.weighted if v.key != plan.primary.key)
+    if strategy is StrategyKind.AB:
+        return f"A/B start: {plan.describe()}"
     if strategy is StrategyKind.BLUE_GREEN:
         return f"{label} ({plan.describe()})"
     return f"{label} -> {cand}%"
@@ -676,6 +698,9 @@ def _progressing(
         )
     steps = _steps(policy)
     last = state.step >= steps
+    if isinstance(policy.spec.strategy, ABStrategy):
+        done, planned = ab_looks(s, now)
+        last = done >= planned
     min_duration, _, _ = _step_rules(policy, state.step)
     if verdict is None:
         if policy.spec.analysis is not None:
@@ -712,17 +737,17 @@ def _progressing(
             )
     if action == "rollback":
         return _rollback(s, primary, candidate, reasons, verdict)
-    if action == "hold":
-        if isinstance(policy.spec.strategy, ABStrategy) and verdict and verdict.suggested_weights:
-            return _ab_move(s, primary, verdict, hold_only=True)
-        return _hold(s, plan, *reasons, verdict=verdict)
     if isinstance(policy.spec.strategy, ABStrategy):
-        if action == "promote" or last:
+        done, planned = ab_looks(s, now)
+        if action == "promote" or (done >= planned and action != "hold"):
             winner = _winner(s, primary, verdict)
             if winner is None:
                 return _inconclusive(s, primary, candidate, verdict)
             return _promote(s, primary, reasons, verdict, winner=winner)
-        return _ab_move(s, primary, verdict, hold_only=False)
+        if verdict is not None and action in ("advance", "hold"):
+            return _ab_move(s, primary, verdict, now)
+    if action == "hold":
+        return _hold(s, plan, *reasons, verdict=verdict)
     if action == "promote" or last:
         return _promote(s, primary, reasons, verdict, winner=candidate)
     nxt = state.step + 1
@@ -756,33 +781,63 @@ def _winner(
     return None
 
 
+AB_MIN_MOVE = 5
+"""Percentage points the suggested A/B split must move before it is worth a pull request."""
+
+
+def ab_looks(situation: Situation, now: datetime) -> tuple[int, int]:
+    """(looks done, looks planned) of an A/B test: one look per analysis interval (or the
+    strategy's minimum duration, if longer) since the rollout's first step took effect."""
+    strategy = situation.policy.spec.strategy
+    assert isinstance(strategy, ABStrategy)
+    analysis = situation.policy.spec.analysis
+    every = max(analysis.interval if analysis else timedelta(minutes=1), strategy.min_duration)
+    since = situation.rollout_started or situation.step_started
+    done = int((now - since) / every) if since is not None else 0
+    return done, strategy.iterations
+
+
 def _ab_move(
-    s: Situation, primary: ModelVersion, verdict: VerdictLike | None, *, hold_only: bool
+    s: Situation, primary: ModelVersion, verdict: VerdictLike, now: datetime
 ) -> Transition:
     state = s.state
-    suggested = dict(verdict.suggested_weights or {}) if verdict else {}
+    current = dict(state.weights)
     by_version = {v.version: v.key for v in (primary, *s.candidates)}
-    weights = {by_version.get(k, k): w for k, w in suggested.items()}
-    nxt = state.step if hold_only else state.step + 1
+    weights = {by_version.get(k, k): w for k, w in (verdict.suggested_weights or {}).items()}
     plan = plan_for(
         s.policy,
         primary=primary,
         candidates=s.candidates,
         phase=Phase.PROGRESSING,
-        step=nxt,
+        step=state.step,
         weights=weights,
     )
-    reasons = verdict.reasons if verdict else ()
-    new = replace(state, step=nxt, weights=_weights_of(plan), reason=reasons[0] if reasons else "")
-    _, _, label = _step_rules(s.policy, nxt)
+    moved = max((abs(w - current.get(v.key, 0)) for v, w in plan.weighted), default=0)
+    if not weights or moved < AB_MIN_MOVE:
+        held = plan_for(
+            s.policy,
+            primary=primary,
+            candidates=s.candidates,
+            phase=Phase.PROGRESSING,
+            step=state.step,
+            weights=current,
+        )
+        return _hold(s, held, *verdict.reasons, verdict=verdict)
+    done, planned = ab_looks(s, now)
+    new = replace(
+        state,
+        step=state.step + 1,
+        weights=_weights_of(plan),
+        reason=verdict.reasons[0] if verdict.reasons else "",
+    )
     return Transition(
         s,
-        Action.HOLD if hold_only else Action.ADVANCE,
+        Action.ADVANCE,
         new,
         plan,
         TransitionKind.STEP,
-        f"{label}: {plan.describe()}",
-        reasons,
+        f"A/B look {min(done, planned)}/{planned}: {plan.describe()}",
+        verdict.reasons,
         edits=_native_edits(s.policy, plan, [primary, *s.candidates]),
         verdict=verdict,
     )
@@ -820,7 +875,7 @@ def _hold(
         s.state,
         plan,
         TransitionKind.STEP,
-        "routing refresh",
+        f"routing: {plan.describe()}",
         tuple(reasons),
         edits=_native_edits(s.policy, plan, [plan.primary, *s.candidates]),
         verdict=verdict,

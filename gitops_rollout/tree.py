@@ -8,6 +8,7 @@ parsed results across passes: a 10,000-model repository re-parses only what chan
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import subprocess
 import threading
@@ -153,10 +154,9 @@ class GitTree:
                 proc.stdout.close()
 
     def __del__(self) -> None:
-        try:
+        # At interpreter shutdown anything may already be gone; there is nothing left to do.
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:  # noqa: BLE001, S110 - interpreter shutdown: nothing left to do
-            pass
 
     def read_many(self, paths: Iterable[str]) -> dict[str, bytes]:
         """Contents of many files (one long-lived ``git cat-file --batch`` reader)."""

@@ -118,9 +118,10 @@ def decide(
                 alpha=analysis.alpha,
             )
     versions = [baseline, *candidates]
-    gated = (
-        [v for v in versions if weights.get(v, 0) > 0 or v == baseline] if reward_mode else versions
-    )
+    # Only versions meant to serve requests must have served some: a baseline at a 100 %
+    # step or an eliminated arm is idle by design, and waiting for its data would hold forever.
+    routed = [v for v in versions if weights.get(v, 0) > 0]
+    gated = routed if weights and routed else versions
     gate = gates.check_data(
         evidence,
         gated,

@@ -39,6 +39,7 @@ _MARKER_RE = re.compile(r"<!-- gitops-rollout: (\{.*?\}) -->", re.DOTALL)
 TRAILER_POLICY = "Rollout-Policy"
 TRAILER_DECISION = "Rollout-Decision"
 TRAILER_KIND = "Rollout-Kind"
+TRAILER_ROLLOUT = "Rollout-Id"
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ def commit_message(transition: Transition, changes: ChangeSet, *, digest: str) -
             (TRAILER_POLICY, transition.situation.loaded.file),
             (TRAILER_DECISION, digest),
             (TRAILER_KIND, transition.kind.value),
+            *(((TRAILER_ROLLOUT, transition.state.rollout),) if transition.state.rollout else ()),
         ),
     )
 

@@ -811,8 +811,8 @@ class Workspace:
         return found
 
     def merged_with_trailer(self, key: str, values: Iterable[str]) -> dict[str, MergedCommit]:
-        """For each trailer value (e.g. a decision digest), the first-parent commit of
-        origin/<base> that brought in a commit carrying ``<key>: <value>``.
+        """For each trailer value (e.g. a decision digest), the first (oldest) first-parent
+        commit of origin/<base> that brought in a commit carrying ``<key>: <value>``.
 
         Works for merge commits (the trailer is on the merged bot commit), squash merges and
         direct commits. Values not merged are absent.
@@ -851,7 +851,7 @@ class Workspace:
                     seen.add(c)
                     stack.extend(graph[c][0])
                 for value in graph[c][2]:
-                    if value in wanted:
+                    if value in wanted and value not in found:
                         found[value] = MergedCommit(
                             first, datetime.fromtimestamp(graph[first][1], UTC), c
                         )

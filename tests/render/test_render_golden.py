@@ -44,21 +44,20 @@ UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 
 
 def ab_verdicts(situation: Situation) -> Verdict:
-    """The A/B analysis: traffic moves toward the candidate each iteration, then it wins."""
+    """The A/B analysis: traffic first moves toward the candidate, then the candidate wins."""
     assert situation.primary is not None and situation.candidates
-    primary, candidate = situation.primary.version, situation.candidates[0].version
-    step = situation.state.step
-    if step < 3:
-        share = {1: 50, 2: 80}[step]
+    primary, candidate = situation.primary, situation.candidates[0]
+    share = dict(situation.state.weights).get(candidate.key, 0)
+    if share < 80:
         return Verdict(
             VerdictAction.ADVANCE,
-            (f"{candidate} leads on user-engagement",),
-            {primary: 100 - share, candidate: share},
+            (f"{candidate.version} leads on user-engagement",),
+            {primary.version: 20, candidate.version: 80},
         )
     return Verdict(
         VerdictAction.PROMOTE,
-        (f"{candidate} meets every objective with the best user-engagement",),
-        winner=candidate,
+        (f"{candidate.version} meets every objective with the best user-engagement",),
+        winner=candidate.version,
     )
 
 

@@ -1,0 +1,168 @@
+"""Builds the clients a pass needs from Settings: workspace, host, inventory source and judge.
+
+Part of the composition root (with `cli`): the only place that turns flags and environment into
+objects, so `reconcile` receives finished collaborators and never reads the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from gitops_rollout import reconcile
+from gitops_rollout.errors import RolloutError
+from gitops_rollout.gitops.hosts import HostConfig, make_host
+from gitops_rollout.gitops.hosts.base import GitHost, PullState
+from gitops_rollout.gitops.repo import BRANCH_PREFIX, Workspace
+from gitops_rollout.inventory.model import ObjectRef, Status
+from gitops_rollout.inventory.snapshot import load_snapshots
+from gitops_rollout.settings import Settings
+from gitops_rollout.tree import DirTree
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PassContext:
+    workspace: Workspace
+    host: GitHost
+    inventory: reconcile.InventorySource
+    judge: reconcile.Judge
+
+
+def snapshot_source(specs: Sequence[str]) -> reconcile.InventorySource:
+    """Readiness from ``--inventory`` files, read at each call (the demo rewrites them)."""
+
+    def read() -> tuple[Mapping[tuple[str, ObjectRef], Status], Mapping[str, str]]:
+        return (load_snapshots(list(specs)) if specs else {}), {}
+
+    return read
+
+
+def make_judge(*, metrics_file: str | None, prometheus: str | None) -> reconcile.Judge:
+    """Verdicts from the analysis stage over evidence from the metrics stage."""
+    if not metrics_file and not prometheus:
+        return reconcile.no_verdicts
+    from gitops_rollout import judging
+
+    return judging.Judge.from_source(metrics_file=metrics_file, prometheus=prometheus)
+
+
+@contextmanager
+def pass_context(
+    settings: Settings,
+    *,
+    inventory: Sequence[str],
+    metrics_file: str | None,
+    prometheus: str | None,
+    now: datetime,
+) -> Iterator[PassContext]:
+    """Open the workspace (locking its cache) and build the host for one or more passes."""
+    workspace = Workspace.open(
+        settings.git.remote, cache_dir=settings.git.cache_dir, base=settings.git.base
+    )
+    try:
+        host = make_host(
+            settings.host.kind,
+            HostConfig(
+                remote=settings.git.remote, api_url=settings.host.url or None, clock=lambda: now
+            ),
+        )
+        yield PassContext(
+            workspace=workspace,
+            host=host,
+            inventory=snapshot_source(inventory),
+            judge=make_judge(metrics_file=metrics_file, prometheus=prometheus),
+        )
+    finally:
+        workspace.close()
+
+
+@contextmanager
+def checkout_history(
+    repo: Path, *, cache_dir: Path, base: str = "main"
+) -> Iterator[reconcile.History]:
+    """When changes of a local checkout took effect: its `base` branch's history.
+
+    A folder that is not a Git checkout (or has no `base` branch) has no history: nothing is
+    known to have taken effect, so progressing rollouts wait.
+    """
+    if not (repo / ".git").exists():
+        yield reconcile.NoHistory()
+        return
+    try:
+        workspace = Workspace.open(str(repo.resolve()), cache_dir=cache_dir, base=base)
+    except RolloutError as err:
+        log.warning("no history for %s: %s", repo, err)
+        yield reconcile.NoHistory()
+        return
+    try:
+        workspace.fetch()
+        yield workspace
+    except RolloutError as err:
+        log.warning("no history for %s: %s", repo, err)
+        yield reconcile.NoHistory()
+    finally:
+        workspace.close()
+
+
+def plan_only(
+    *,
+    repo: Path,
+    inventory: Sequence[str],
+    metrics_file: str | None,
+    prometheus: str | None = None,
+    now: datetime,
+    cache_dir: Path,
+) -> reconcile.PlanResult:
+    """What a pass would decide and change for the checkout in `repo`; writes nothing."""
+    statuses, unreachable = snapshot_source(inventory)()
+    with checkout_history(repo, cache_dir=cache_dir) as history:
+        return reconcile.dry_run(
+            DirTree(repo),
+            statuses=statuses,
+            unreachable=unreachable,
+            options=reconcile.PassOptions(now=now),
+            history=history,
+            judge=make_judge(metrics_file=metrics_file, prometheus=prometheus),
+        )
+
+
+def status_rows(
+    *, repo: Path, inventory: Sequence[str], now: datetime, cache_dir: Path, remote: str | None
+) -> list[dict[str, str]]:
+    """One row per rollout: where it stands on the checkout, what comes next, its open PR."""
+    result = plan_only(
+        repo=repo, inventory=inventory, metrics_file=None, now=now, cache_dir=cache_dir
+    )
+    pulls: dict[str, str] = {}
+    if remote and "://" not in remote and Path(remote).is_dir():
+        from gitops_rollout.gitops.hosts.local import LocalHost
+
+        host = LocalHost(Path(remote))
+        for record in host.list_pulls(state=PullState.OPEN):
+            pulls[record.head] = f"#{record.number}"
+    rows = []
+    for planned, decision in zip(result.planned, result.decisions, strict=True):
+        stored = planned.transition.situation.state if planned.transition else None
+        branch = planned.key.branch(BRANCH_PREFIX)
+        rows.append(
+            {
+                "cluster": decision.cluster,
+                "namespace": decision.namespace,
+                "model": decision.model,
+                "phase": (
+                    f"{stored.phase.value}" + (f" {stored.step}" if stored and stored.step else "")
+                    if stored
+                    else "-"
+                ),
+                "weights": decision.weights,
+                "next": f"{decision.action}: {decision.reason}",
+                "pr": pulls.get(branch, ""),
+            }
+        )
+    return rows

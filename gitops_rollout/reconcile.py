@@ -1,0 +1,703 @@
+"""One reconcile pass: the only module that calls every stage, in the order of the data flow.
+
+fetch -> read the main branch -> policies + inventory -> step clocks -> situations -> verdicts ->
+transitions + rendered files -> change sets -> commits and one push -> pull requests (open,
+update, merge where the policy allows, close when no longer needed).
+
+Everything a pass knows about the past comes from Git and the host, so a pass can be killed at
+any point and rerun: a commit not pushed is rebuilt, a branch pushed without a PR gets its PR, an
+open PR with the same decision is left as it is. The PR rules:
+
+- no change against the main branch: no commit, no push, no PR (an open PR whose decision no
+  longer applies is closed, except while the rollout holds: a hold is not a new decision);
+- a PR closed unmerged is a veto of that exact decision (its digest): not reopened until inputs
+  change;
+- a bot branch a human committed to is never overwritten: reported on the PR instead;
+- models seen for the first time with nothing to roll out are adopted together, one PR per
+  cluster, instead of one PR per model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from gitops_rollout import planning, render, repository
+from gitops_rollout.errors import Problem, RolloutError
+from gitops_rollout.gitops import pr_body
+from gitops_rollout.gitops.changeset import ChangeSet, build_many
+from gitops_rollout.gitops.hosts.base import GitHost, PullRequest, PullRequestDraft, PullState
+from gitops_rollout.gitops.repo import (
+    BRANCH_PREFIX,
+    CommitMessage,
+    CommitRequest,
+    PushOutcome,
+    Workspace,
+)
+from gitops_rollout.inventory.model import ObjectRef, Status
+from gitops_rollout.planning import Planned, RolloutKey, key_of
+from gitops_rollout.policy import PolicySet, TransitionKind
+from gitops_rollout.state import Phase, StoredState
+from gitops_rollout.transitions import Action, Command, Situation, VerdictLike
+from gitops_rollout.tree import OverlayTree, Tree
+
+log = logging.getLogger(__name__)
+
+ADOPT_BRANCH = BRANCH_PREFIX + "_adopt/"
+"""Branch prefix of the per-cluster adoption PR (``_`` cannot start a cluster name)."""
+
+Statuses = Mapping[tuple[str, ObjectRef], Status]
+
+
+class InventorySource(Protocol):
+    """Readiness of the clusters' objects right now (a snapshot file, or live clusters)."""
+
+    def __call__(self) -> tuple[Statuses, Mapping[str, str]]:
+        """(statuses by (cluster, ref), unreachable clusters with the reason)."""
+        ...
+
+
+class History(Protocol):
+    """What the main branch's history says about when changes took effect (a `Workspace`)."""
+
+    def merge_time(self, paths: Iterable[str]) -> dict[str, datetime]:
+        """When each path last changed on the main branch's first parents."""
+        ...
+
+    def merged_with_trailer(self, key: str, values: Iterable[str]) -> Mapping[str, Any]:
+        """For each trailer value, the first merge that brought it in (with a ``time``)."""
+        ...
+
+
+class NoHistory:
+    """For a plain folder: nothing is known to have taken effect yet."""
+
+    def merge_time(self, paths: Iterable[str]) -> dict[str, datetime]:
+        return {}
+
+    def merged_with_trailer(self, key: str, values: Iterable[str]) -> Mapping[str, Any]:
+        return {}
+
+
+class Judge(Protocol):
+    """Verdicts for the rollouts whose next move depends on the evidence."""
+
+    def __call__(
+        self, situations: Sequence[Situation], *, now: datetime
+    ) -> Mapping[RolloutKey, VerdictLike]: ...
+
+
+def no_inventory() -> tuple[Statuses, Mapping[str, str]]:
+    return {}, {}
+
+
+def no_verdicts(
+    situations: Sequence[Situation], *, now: datetime
+) -> Mapping[RolloutKey, VerdictLike]:
+    return {}
+
+
+@dataclass
+class Decision:
+    """One rollout's outcome in a pass: what was decided and what happened to its PR."""
+
+    policy: str
+    cluster: str
+    namespace: str
+    model: str
+    action: str
+    kind: str
+    title: str
+    reason: str
+    phase: str
+    weights: str
+    outcome: str = "none"
+    """none, opened, updated, unchanged, merged, closed, vetoed, human-edited, error."""
+    pr: int | None = None
+    pr_url: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class PassReport:
+    """What a pass did; the daemon turns it into metrics and log lines."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    errors: dict[str, list[str]] = field(default_factory=dict)
+    """Runtime failures by stage (inventory, metrics, git, host)."""
+    duration_s: float = 0.0
+
+    @property
+    def prs_opened(self) -> int:
+        return sum(1 for d in self.decisions if d.outcome == "opened")
+
+    def error(self, stage: str, message: str) -> None:
+        log.warning("%s: %s", stage, message)
+        self.errors.setdefault(stage, []).append(message)
+
+
+@dataclass
+class PassOptions:
+    now: datetime
+    commands: Mapping[tuple[str, str], Command] = field(default_factory=dict)
+    """Operator commands by (policy name, cluster)."""
+    policies: frozenset[str] | None = None
+    """Only these policies (the daemon's per-policy jobs, operator commands); None: all."""
+    clusters: frozenset[str] | None = None
+    """Only these clusters (a per-cluster deployment); None: all."""
+
+
+def _filter(policies: PolicySet, options: PassOptions) -> PolicySet:
+    kept = [
+        lp
+        for lp in policies.policies
+        if options.policies is None or lp.policy.name in options.policies
+    ]
+    return PolicySet(kept, policies.problems)
+
+
+def _clock_paths(stored: Mapping[RolloutKey, StoredState | None]) -> list[str]:
+    moving = (Phase.PROGRESSING, Phase.PROMOTING)
+    return [k.routing_path for k, s in stored.items() if s is not None and s.state.phase in moving]
+
+
+def plan_pass(
+    view: repository.RepositoryView,
+    *,
+    options: PassOptions,
+    history: History,
+    judge: Judge,
+) -> list[Planned]:
+    """Transitions and desired files for every rollout in view (no writes)."""
+    policies = _filter(view.policies, options)
+    keys = [key_of(lp, c.name) for lp in policies.policies for c in lp.policy.spec.clusters]
+    stored = planning.stored_states(view.tree, keys)
+    merged = history.merge_time(_clock_paths(stored))
+    started = {k: merged.get(k.routing_path) for k in keys}
+    ids = {k: s.state.rollout for k, s in stored.items() if s is not None and s.state.rollout}
+    firsts = history.merged_with_trailer(pr_body.TRAILER_ROLLOUT, set(ids.values())) if ids else {}
+    rollout_started = {k: firsts[i].time for k, i in ids.items() if i in firsts}
+    sits = planning.situations(
+        view.tree,
+        policies,
+        view.inventory,
+        step_started=started,
+        rollout_started=rollout_started,
+        stored=stored,
+        broken=view.broken,
+    )
+    if options.clusters is not None:
+        sits = [s for s in sits if s.cluster in options.clusters]
+    verdicts = judge([s for s in sits if s.needs_verdict], now=options.now)
+    by_key = {key_of(s.loaded, s.cluster): s for s in sits}
+    out = []
+    for s in sits:
+        key = key_of(s.loaded, s.cluster)
+        out.append(
+            planning.decide(
+                s,
+                now=options.now,
+                by_key=by_key,
+                verdict=verdicts.get(key),
+                command=options.commands.get((s.policy.name, s.cluster)),
+                tree=view.tree,
+            )
+        )
+    if options.policies is None:
+        out.extend(
+            p
+            for p in planning.orphans(view.tree, view.policies, policy_paths=view.policy_paths)
+            if options.clusters is None or p.key.cluster in options.clusters
+        )
+    return out
+
+
+def _decision(p: Planned) -> Decision:
+    t = p.transition
+    if t is None:
+        return Decision(
+            policy="",
+            cluster=p.key.cluster,
+            namespace=p.key.namespace,
+            model=p.key.model,
+            action=Action.REMOVE.value,
+            kind=TransitionKind.CLEANUP.value,
+            title="policy deleted: remove routing",
+            reason="its policy was deleted; the generated routing goes",
+            phase="-",
+            weights="-",
+        )
+    plan = t.plan
+    return Decision(
+        policy=t.situation.policy.name,
+        cluster=p.key.cluster,
+        namespace=p.key.namespace,
+        model=p.key.model,
+        action=t.action.value,
+        kind=t.kind.value,
+        title=t.title,
+        reason="; ".join(t.reasons),
+        phase=t.state.phase.value + (f" {t.state.step}" if t.state.step else ""),
+        weights=plan.describe() if plan else "-",
+    )
+
+
+def _is_adoption(p: Planned) -> bool:
+    t = p.transition
+    return (
+        t is not None
+        and t.kind is TransitionKind.ADOPT
+        and t.action is Action.NONE
+        and t.situation.stored is None
+    )
+
+
+@dataclass
+class _Proposal:
+    """One branch's worth of change for this pass."""
+
+    branch: str
+    changes: ChangeSet
+    digest: str
+    message: CommitMessage
+    draft: Callable[[], PullRequestDraft]
+    auto_merge: bool
+    decisions: list[Decision]
+    holding: bool = False
+
+
+def _adoption_body(cluster: str, models: Sequence[Planned], changes: ChangeSet, digest: str) -> str:
+    lines = [
+        f"gitops-rollout starts managing the routing of {len(models)} model(s) in cluster "
+        f"`{cluster}`. Each gets a generated routing object that sends all traffic to its "
+        "current primary, so nothing changes for clients; later rollouts shift weights in it.",
+        "",
+        "| namespace | model | primary |",
+        "|---|---|---|",
+    ]
+    for p in models[:200]:
+        primary = p.transition.situation.primary if p.transition else None
+        lines.append(
+            f"| {p.key.namespace} | {p.key.model} | {primary.version if primary else '-'} |"
+        )
+    if len(models) > 200:
+        lines.append(f"| ... | {len(models) - 200} more | |")
+    lines += [
+        "",
+        f"{len(changes)} file(s) change. Merging applies the routing; closing it vetoes this "
+        "adoption until the set of models changes.",
+        "",
+        "<!-- gitops-rollout: "
+        + json.dumps({"digest": digest, "kind": "adopt", "cluster": cluster})
+        + " -->",
+    ]
+    return "\n".join(lines)
+
+
+def _combined(models: Sequence[Planned], tree: Tree) -> ChangeSet:
+    """One change set for many rollouts, rendered one on top of the other.
+
+    Rollouts of one namespace share files (the namespace's kustomization.yaml lists each
+    rollout folder), so their separately rendered files cannot simply be merged.
+    """
+    overlay = OverlayTree(tree)
+    for p in models:
+        assert p.transition is not None
+        overlay.update(render.render(p.transition, tree=overlay).files)
+    return build_many(tree, {0: overlay.overrides})[0]
+
+
+def _proposals(
+    planned: Sequence[Planned],
+    changesets: Mapping[RolloutKey, ChangeSet],
+    *,
+    base: str,
+    tree: Tree,
+    report: PassReport,
+) -> tuple[list[_Proposal], dict[str, list[Decision]]]:
+    """Group the pass's changes by branch: one per rollout, one adoption branch per cluster."""
+    proposals: list[_Proposal] = []
+    quiet: dict[str, list[Decision]] = {}
+    adoptions: dict[str, list[Planned]] = {}
+    for p in planned:
+        decision = _decision(p)
+        report.decisions.append(decision)
+        branch = p.key.branch(BRANCH_PREFIX)
+        if p.problems:
+            decision.outcome = "error"
+            report.problems.extend(p.problems)
+            continue
+        changes = changesets[p.key]
+        if not changes:
+            quiet.setdefault(branch, []).append(decision)
+            continue
+        if _is_adoption(p):
+            adoptions.setdefault(p.key.cluster, []).append(p)
+            continue
+        t = p.transition
+        if t is None:
+            digest = changes.digest()
+            message = CommitMessage(
+                subject=f"rollout({p.key.model}): {p.key.cluster} remove routing (policy deleted)",
+                body="The policy of this model was deleted; its generated routing goes with it.",
+                trailers=(
+                    ("Rollout-Decision", digest),
+                    ("Rollout-Kind", TransitionKind.CLEANUP.value),
+                ),
+            )
+
+            def removal_draft(
+                branch: str = branch,
+                message: CommitMessage = message,
+                changes: ChangeSet = changes,
+                digest: str = digest,
+            ) -> PullRequestDraft:
+                body = (
+                    f"{message.body}\n\nFiles removed:\n"
+                    + "\n".join(f"- `{c.path}`" for c in changes)
+                    + f'\n\n<!-- gitops-rollout: {{"digest": "{digest}", "kind": "cleanup"}} -->'
+                )
+                return PullRequestDraft(
+                    branch, base, message.subject, body, ("gitops-rollout", "rollout:cleanup")
+                )
+
+            proposals.append(
+                _Proposal(branch, changes, digest, message, removal_draft, True, [decision])
+            )
+            continue
+        digest = pr_body.decision_digest(t)
+
+        def draft(
+            t: Any = t, changes: ChangeSet = changes, branch: str = branch, digest: str = digest
+        ) -> PullRequestDraft:
+            return pr_body.render(t, changes, head=branch, base=base, digest=digest)
+
+        proposals.append(
+            _Proposal(
+                branch,
+                changes,
+                digest,
+                pr_body.commit_message(t, changes, digest=digest),
+                draft,
+                t.auto_merge,
+                [decision],
+                holding=t.action is Action.HOLD,
+            )
+        )
+    for cluster, models in sorted(adoptions.items()):
+        branch = f"{ADOPT_BRANCH}{cluster}"
+        merged_changes = _combined(models, tree)
+        digest = merged_changes.digest()
+        subject = f"rollout: {cluster} adopt {len(models)} model(s)"
+        message = CommitMessage(
+            subject=subject,
+            body="Generated routing for models gitops-rollout starts managing; all traffic "
+            "stays on each model's primary.",
+            trailers=(("Rollout-Decision", digest), ("Rollout-Kind", TransitionKind.ADOPT.value)),
+        )
+        decisions = [
+            d
+            for d in report.decisions
+            if d.cluster == cluster and d.kind == "adopt" and d.action == "none"
+        ]
+
+        def adopt_draft(
+            cluster: str = cluster,
+            models: list[Planned] = models,
+            changes: ChangeSet = merged_changes,
+            digest: str = digest,
+            branch: str = branch,
+            subject: str = subject,
+        ) -> PullRequestDraft:
+            return PullRequestDraft(
+                branch,
+                base,
+                subject,
+                _adoption_body(cluster, models, changes, digest),
+                ("gitops-rollout", "rollout:adopt"),
+            )
+
+        auto = all(p.transition is not None and p.transition.auto_merge for p in models)
+        proposals.append(
+            _Proposal(branch, merged_changes, digest, message, adopt_draft, auto, decisions)
+        )
+    return proposals, quiet
+
+
+def _digest_of(pull: PullRequest) -> str | None:
+    meta = pr_body.PullMetadata.parse(pull.body)
+    if meta is not None:
+        return meta.digest
+    marker = '"digest": "'
+    if marker in pull.body:
+        return pull.body.split(marker, 1)[1].split('"', 1)[0]
+    return None
+
+
+def publish(
+    proposals: Sequence[_Proposal],
+    quiet: Mapping[str, list[Decision]],
+    *,
+    workspace: Workspace,
+    host: GitHost,
+    now: datetime,
+    report: PassReport,
+) -> None:
+    """Commit, push and open/update/merge/close pull requests for a pass's proposals."""
+    pulls = host.pulls_for_prefix(BRANCH_PREFIX, base=workspace.base)
+    open_by_head: dict[str, PullRequest] = {}
+    latest_by_head: dict[str, PullRequest] = {}
+    for listed in pulls:  # newest first
+        latest_by_head.setdefault(listed.head, listed)
+        if listed.state is PullState.OPEN:
+            open_by_head.setdefault(listed.head, listed)
+
+    # Decisions that need no change: close a PR that no longer applies (never during a hold).
+    for branch, decisions in quiet.items():
+        stale = open_by_head.get(branch)
+        if stale is None:
+            continue
+        for d in decisions:
+            d.pr, d.pr_url = stale.number, stale.url
+        if all(d.action in (Action.NONE.value, Action.REMOVE.value) for d in decisions):
+            try:
+                host.close(
+                    stale.number,
+                    comment="The main branch already has what this pull "
+                    "request proposed, or its inputs changed back: it is no longer needed.",
+                )
+                for d in decisions:
+                    d.outcome = "closed"
+            except RolloutError as err:
+                report.error("host", f"closing #{stale.number}: {err}")
+
+    todo: list[_Proposal] = []
+    for prop in proposals:
+        current = open_by_head.get(prop.branch)
+        latest = latest_by_head.get(prop.branch)
+        vetoed = latest is not None and latest.state is PullState.CLOSED
+        if current is None and latest is not None and vetoed and _digest_of(latest) == prop.digest:
+            for d in prop.decisions:
+                d.outcome, d.pr, d.pr_url = "vetoed", latest.number, latest.url
+                d.reason = (
+                    f"paused: #{latest.number} proposing this was closed unmerged "
+                    "(a veto); it is not reopened until the inputs change"
+                )
+            continue
+        if prop.holding and current is not None and _digest_of(current) == prop.digest:
+            for d in prop.decisions:
+                d.outcome, d.pr, d.pr_url = "unchanged", current.number, current.url
+            continue
+        todo.append(prop)
+
+    humans = workspace.human_edits([p.branch for p in todo])
+    requests = []
+    for prop in todo:
+        if prop.branch in humans:
+            edited = open_by_head.get(prop.branch)
+            for d in prop.decisions:
+                d.outcome = "human-edited"
+                d.reason = humans[prop.branch].describe()
+                if edited is not None:
+                    d.pr, d.pr_url = edited.number, edited.url
+            continue
+        requests.append(CommitRequest(prop.branch, prop.changes, prop.message))
+    by_branch = {p.branch: p for p in todo}
+    try:
+        results = workspace.publish(requests, now=now)
+    except RolloutError as err:
+        report.error("git", str(err))
+        return
+    for result in results:
+        prop = by_branch[result.branch]
+        pull: PullRequest | None = open_by_head.get(result.branch)
+        if result.outcome is PushOutcome.HUMAN_EDITED:
+            for d in prop.decisions:
+                d.outcome = "human-edited"
+            continue
+        if result.outcome is PushOutcome.REJECTED:
+            report.error("git", f"push of {result.branch} rejected: {result.detail}")
+            for d in prop.decisions:
+                d.outcome = "error"
+            continue
+        if result.outcome is PushOutcome.EMPTY:
+            continue
+        try:
+            opened = host.open_or_update(prop.draft())
+        except RolloutError as err:
+            report.error("host", f"pull request for {result.branch}: {err}")
+            for d in prop.decisions:
+                d.outcome = "error"
+            continue
+        new = pull is None or pull.number != opened.number
+        same = (
+            pull is not None
+            and _digest_of(pull) == prop.digest
+            and result.outcome is PushOutcome.UNCHANGED
+        )
+        outcome = "opened" if new else ("unchanged" if same else "updated")
+        if prop.auto_merge:
+            try:
+                merged = host.merge(
+                    opened.number, message=f"{prop.message.subject} (#{opened.number})"
+                )
+            except RolloutError as err:
+                report.error("host", f"merging #{opened.number}: {err}")
+            else:
+                if merged.merged:
+                    outcome = "merged"
+                elif merged.reason:
+                    log.info("#%s not merged yet: %s", opened.number, merged.reason)
+        for d in prop.decisions:
+            d.outcome, d.pr, d.pr_url = outcome, opened.number, opened.url
+
+
+def run_once(
+    *,
+    workspace: Workspace,
+    host: GitHost,
+    options: PassOptions,
+    inventory: InventorySource = no_inventory,
+    judge: Judge = no_verdicts,
+    caches: repository.Caches | None = None,
+) -> PassReport:
+    """One pass over every policy (or the ones `options` names)."""
+    started = time.monotonic()
+    report = PassReport()
+    try:
+        workspace.fetch()
+        tree = workspace.tree()
+    except RolloutError as err:
+        report.error("git", str(err))
+        return report
+    try:
+        statuses, unreachable = inventory()
+    except RolloutError as err:
+        report.error("inventory", str(err))
+        statuses, unreachable = {}, {c: str(err) for c in _clusters(tree)}
+    view = repository.load(tree, statuses=statuses, unreachable=unreachable, caches=caches)
+    report.problems.extend(view.problems)
+    planned = plan_pass(view, options=options, history=workspace, judge=judge)
+    changesets = build_many(tree, {p.key: p.files for p in planned if not p.problems})
+    proposals, quiet = _proposals(
+        planned, changesets, base=workspace.base, tree=tree, report=report
+    )
+    try:
+        publish(proposals, quiet, workspace=workspace, host=host, now=options.now, report=report)
+    except RolloutError as err:
+        report.error("host", str(err))
+    for d in report.decisions:
+        log.info(
+            "decision policy=%s cluster=%s model=%s action=%s outcome=%s pr=%s reason=%r",
+            d.policy,
+            d.cluster,
+            d.model,
+            d.action,
+            d.outcome,
+            d.pr,
+            d.reason,
+        )
+    report.duration_s = time.monotonic() - started
+    return report
+
+
+def _clusters(tree: Any) -> list[str]:
+    return sorted({p.split("/")[1] for p in tree.paths("clusters") if p.count("/") >= 2})
+
+
+def open_workspace(remote: str, *, cache_dir: Path, base: str = "main") -> Workspace:
+    return Workspace.open(remote, cache_dir=cache_dir, base=base)
+
+
+# -- plan and status (no writes) ----------------------------------------------------------------
+
+
+@dataclass
+class PlanResult:
+    """Decisions and desired files of a dry run."""
+
+    planned: list[Planned]
+    decisions: list[Decision]
+    problems: list[Problem]
+    changesets: dict[RolloutKey, ChangeSet]
+
+    def write(self, output: Path) -> None:
+        """Every desired file below `output` (deletions listed in DELETED.txt)."""
+        deleted: list[str] = []
+        for p in self.planned:
+            for path, data in sorted(p.files.items()):
+                if data is None:
+                    deleted.append(path)
+                    continue
+                target = output / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+        if deleted:
+            output.mkdir(parents=True, exist_ok=True)
+            (output / "DELETED.txt").write_text("".join(f"{d}\n" for d in sorted(set(deleted))))
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "decisions": [d.as_json() for d in self.decisions],
+            "changes": {
+                str(k): [{"path": c.path, "change": c.kind.value} for c in cs]
+                for k, cs in sorted(self.changesets.items())
+                if cs
+            },
+            "problems": [str(p) for p in self.problems],
+        }
+
+    def print(self, console: Any) -> None:
+        import difflib
+
+        from rich.table import Table
+
+        table = Table("cluster", "namespace", "model", "decision", "weights", "why")
+        for d in self.decisions:
+            table.add_row(
+                d.cluster, d.namespace, d.model, f"{d.action} ({d.kind})", d.weights, d.reason
+            )
+        console.print(table)
+        for key, cs in sorted(self.changesets.items()):
+            for change in cs:
+                old = (change.old or b"").decode(errors="replace").splitlines(keepends=True)
+                new = (change.new or b"").decode(errors="replace").splitlines(keepends=True)
+                diff = difflib.unified_diff(old, new, f"a/{change.path}", f"b/{change.path}")
+                console.print(f"[bold]{key}[/bold]: {change.path} ({change.kind.value})")
+                console.print("".join(diff), markup=False, highlight=False)
+
+
+def dry_run(
+    tree: Tree,
+    *,
+    statuses: Statuses,
+    unreachable: Mapping[str, str],
+    options: PassOptions,
+    history: History,
+    judge: Judge = no_verdicts,
+    caches: repository.Caches | None = None,
+) -> PlanResult:
+    """Everything a pass would decide and change, without writing anything."""
+    view = repository.load(tree, statuses=statuses, unreachable=unreachable, caches=caches)
+    planned = plan_pass(view, options=options, history=history, judge=judge)
+    changesets = build_many(tree, {p.key: p.files for p in planned if not p.problems})
+    report = PassReport(problems=list(view.problems))
+    decisions = []
+    for p in planned:
+        d = _decision(p)
+        decisions.append(d)
+        if p.problems:
+            d.outcome = "error"
+            report.problems.extend(p.problems)
+        elif changesets[p.key]:
+            d.outcome = "planned"
+    return PlanResult(planned, decisions, report.problems, changesets)
