@@ -71,12 +71,17 @@ def _fail(error: RolloutError) -> None:
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
     """Roll out new versions of ML models safely, through Git pull requests."""
+    from gitops_rollout.gitops.hosts.auth import RedactingFilter
+
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(
         level=max(level, logging.DEBUG),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Tokens the hosts use are scrubbed from every record, whichever logger wrote it.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
 
 
 @main.command()
@@ -87,12 +92,31 @@ def schema() -> None:
 
 @main.command()
 @repo_option
+@click.option(
+    "--prometheus",
+    default=None,
+    metavar="URL",
+    help="Also have this Prometheus evaluate every custom query (analysis.metrics).",
+)
 @json_option
-def validate(repo: Path, as_json: bool) -> None:
+def validate(repo: Path, prometheus: str | None, as_json: bool) -> None:
     """Lint policies and the manifests they reference; exit 1 on any problem."""
     from gitops_rollout import repository
 
     view = repository.load(DirTree(repo))
+    if prometheus:
+        from gitops_rollout.metrics.prometheus import PrometheusClient
+        from gitops_rollout.validation import check_queries
+
+        try:
+            view.problems += check_queries(
+                [*view.policies.policies, *view.held],
+                view.inventory,
+                PrometheusClient(prometheus),
+                now=datetime.now(UTC),
+            )
+        except RolloutError as error:
+            _fail(error)
     if as_json:
         click.echo(
             json.dumps(
@@ -267,14 +291,22 @@ def _remote_of(repo: Path, remote: str | None) -> str:
 
 
 def _settings(
-    *, repo: Path, remote: str | None, host: str, base: str, cache_dir: Path | None
+    *,
+    repo: Path,
+    remote: str | None,
+    host: str,
+    base: str,
+    cache_dir: Path | None,
+    api_url: str | None = None,
+    repository: str | None = None,
 ) -> Any:
     from gitops_rollout.settings import GitSettings, HostSettings, Settings
 
     git = GitSettings(remote=_remote_of(repo, remote), base=base)
     if cache_dir is not None:
         git = GitSettings(remote=git.remote, base=base, cache_dir=cache_dir)
-    return Settings(repo=repo, git=git, host=HostSettings(kind=host))
+    hosting = HostSettings(kind=host, url=api_url or "", repository=repository or "")
+    return Settings(repo=repo, git=git, host=hosting)
 
 
 def pass_options(func: F) -> F:
@@ -291,7 +323,22 @@ def pass_options(func: F) -> F:
                 type=click.Choice(["local", "github", "gitlab", "gitea"]),
                 default=lambda: __import__("os").environ.get("GITOPS_ROLLOUT_HOST", "local"),
                 show_default="local",
-                help="Where pull requests live.",
+                help="Where pull requests live ($GITOPS_ROLLOUT_HOST). Tokens: "
+                "$GITOPS_ROLLOUT_<HOST>_TOKEN or _TOKEN_FILE (GitHub: or a GitHub App).",
+            ),
+            click.option(
+                "--api-url",
+                envvar="GITOPS_ROLLOUT_API_URL",
+                default=None,
+                help="API base URL of a self-hosted GitHub Enterprise, GitLab or Gitea "
+                "($GITOPS_ROLLOUT_API_URL); default: derived from --remote.",
+            ),
+            click.option(
+                "--repository",
+                envvar="GITOPS_ROLLOUT_REPOSITORY",
+                default=None,
+                help="owner/name (GitLab: group/project) on the host "
+                "($GITOPS_ROLLOUT_REPOSITORY); default: the path of --remote.",
             ),
             click.option(
                 "--base", default="main", show_default=True, help="Branch Argo CD/Flux sync."
@@ -327,12 +374,25 @@ def _run_pass(
     now: str | None,
     clusters: tuple[str, ...],
     as_json: bool,
+    api_url: str | None = None,
+    repository: str | None = None,
     policies: frozenset[str] | None = None,
     commands: dict[tuple[str, str], Any] | None = None,
+    command: tuple[str, Any] | None = None,
 ) -> None:
+    """One pass; `command` is an operator's (policy name, Command) for the policy's clusters
+    (or --cluster), looked up on the base branch of the remote the pass acts on."""
     from gitops_rollout import composition, reconcile
 
-    settings = _settings(repo=repo, remote=remote, host=host, base=base, cache_dir=cache_dir)
+    settings = _settings(
+        repo=repo,
+        remote=remote,
+        host=host,
+        base=base,
+        cache_dir=cache_dir,
+        api_url=api_url,
+        repository=repository,
+    )
     when = _parse_now(now)
     try:
         with composition.pass_context(
@@ -342,12 +402,18 @@ def _run_pass(
             prometheus=prometheus,
             now=when,
         ) as ctx:
+            commands = dict(commands or {})
+            if command is not None:
+                policy_name, action = command
+                ctx.workspace.fetch()
+                for c in _clusters_of(ctx.workspace.tree(), policy_name, clusters):
+                    commands[(policy_name, c)] = action
             report = reconcile.run_once(
                 workspace=ctx.workspace,
                 host=ctx.host,
                 options=reconcile.PassOptions(
                     now=when,
-                    commands=commands or {},
+                    commands=commands,
                     policies=policies,
                     clusters=frozenset(clusters) if clusters else None,
                 ),
@@ -405,13 +471,10 @@ def _operator(command_name: str) -> Callable[..., None]:
     def action(policy_name: str, **kwargs: Any) -> None:
         from gitops_rollout.transitions import Command
 
-        clusters: tuple[str, ...] = kwargs["clusters"]
-        command = Command(command_name)
-        wanted = _clusters_of(kwargs["repo"], policy_name, clusters)
         _run_pass(
             **kwargs,
             policies=frozenset({policy_name}),
-            commands={(policy_name, c): command for c in wanted},
+            command=(policy_name, Command(command_name)),
         )
 
     action.__doc__ = {
@@ -423,11 +486,13 @@ def _operator(command_name: str) -> Callable[..., None]:
     return action
 
 
-def _clusters_of(repo: Path, policy_name: str, clusters: tuple[str, ...]) -> list[str]:
+def _clusters_of(tree: Any, policy_name: str, clusters: tuple[str, ...]) -> list[str]:
+    """The clusters an operator command applies to: --cluster, checked against the policy as
+    the remote's base branch has it (not a local checkout, which may be stale or absent)."""
     from gitops_rollout import repository
 
-    view = repository.load(DirTree(repo))
-    for loaded in [*view.policies.policies, *view.held]:
+    policies, _ = repository.load_policies(tree, repository.Caches())
+    for loaded in policies.policies:
         if loaded.policy.name == policy_name:
             names = [c.name for c in loaded.policy.spec.clusters]
             unknown = sorted(set(clusters) - set(names))
@@ -437,7 +502,7 @@ def _clusters_of(repo: Path, policy_name: str, clusters: tuple[str, ...]) -> lis
                     f"(it has {', '.join(names)})"
                 )
             return list(clusters) or names
-    raise click.UsageError(f"no valid policy named {policy_name!r} in {repo}/policies")
+    raise click.UsageError(f"no valid policy named {policy_name!r} in policies/ on the remote")
 
 
 for _name in ("promote", "abort", "pause", "resume"):
@@ -555,3 +620,305 @@ def demo(example: Path | None, workdir: Path) -> None:
     remote = workdir.resolve() / "remote.git"
     out.print(f"\nInspect it: gitops-rollout pr list --state all --remote {remote}")
     sys.exit(0 if ok else 2)
+
+
+# -- the daemon (`run`) --------------------------------------------------------------------------
+# Everything below belongs to `gitops-rollout run`; gitops_rollout.daemon builds what it runs.
+
+
+def _pairs(values: tuple[str, ...], flag: str) -> dict[str, str]:
+    """``CLUSTER=VALUE`` flags as a dict (the last one for a cluster wins)."""
+    out: dict[str, str] = {}
+    for value in values:
+        cluster, sep, rest = value.partition("=")
+        if not sep or not cluster.strip() or not rest.strip():
+            raise click.BadParameter(f"{value!r} is not CLUSTER=VALUE", param_hint=flag)
+        out[cluster.strip()] = rest.strip()
+    return out
+
+
+def _sync_refs(values: tuple[str, ...], flag: str) -> dict[str, Any]:
+    from gitops_rollout.daemon import ObjectName
+
+    out: dict[str, Any] = {}
+    for cluster, text in _pairs(values, flag).items():
+        try:
+            out[cluster] = ObjectName.parse(text)
+        except ValueError as error:
+            raise click.BadParameter(
+                f"{cluster}={text}: {error}; write CLUSTER=NAMESPACE/NAME", param_hint=flag
+            ) from None
+    return out
+
+
+def _seconds(name: str) -> Any:
+    return click.FloatRange(min=0.0, min_open=name in ("--interval", "--reload-interval"))
+
+
+@main.command(name="run")
+@repo_option
+@click.option(
+    "--remote",
+    default=None,
+    help="The GitOps repository's remote (URL or bare repo path; $GITOPS_ROLLOUT_REMOTE).",
+)
+@click.option(
+    "--host",
+    type=click.Choice(["local", "github", "gitlab", "gitea"]),
+    default=lambda: __import__("os").environ.get("GITOPS_ROLLOUT_HOST", "local"),
+    show_default="local",
+    help="Where pull requests live ($GITOPS_ROLLOUT_HOST). Tokens: "
+    "$GITOPS_ROLLOUT_<HOST>_TOKEN or _TOKEN_FILE (GitHub: or a GitHub App).",
+)
+@click.option(
+    "--api-url",
+    envvar="GITOPS_ROLLOUT_API_URL",
+    default=None,
+    help="API base URL of a self-hosted forge ($GITOPS_ROLLOUT_API_URL).",
+)
+@click.option(
+    "--repository",
+    envvar="GITOPS_ROLLOUT_REPOSITORY",
+    default=None,
+    help="owner/name (GitLab: group/project) on the host ($GITOPS_ROLLOUT_REPOSITORY).",
+)
+@click.option("--base", default="main", show_default=True, help="Branch Argo CD/Flux sync.")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the bot keeps its clone (default ~/.cache/gitops-rollout).",
+)
+@_inventory_option
+@click.option(
+    "--kubeconfig",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Kubeconfig of the live clusters (default: $KUBECONFIG or ~/.kube/config).",
+)
+@click.option(
+    "--context",
+    "contexts",
+    multiple=True,
+    metavar="CLUSTER=CONTEXT",
+    help="Kubeconfig context of a cluster (default: the context named like the cluster). "
+    "Repeatable.",
+)
+@click.option(
+    "--in-cluster",
+    is_flag=True,
+    help="Read the cluster this pod runs in (named by --cluster) with its ServiceAccount.",
+)
+@click.option(
+    "--cluster",
+    "clusters",
+    multiple=True,
+    envvar="GITOPS_ROLLOUT_CLUSTER",
+    help="Only these clusters ($GITOPS_ROLLOUT_CLUSTER); with --in-cluster, the one it runs in.",
+)
+@_metrics_option
+@click.option(
+    "--prometheus",
+    envvar="GITOPS_ROLLOUT_PROMETHEUS",
+    default=None,
+    help="Prometheus base URL for analysis ($GITOPS_ROLLOUT_PROMETHEUS).",
+)
+@click.option(
+    "--argocd-app",
+    "argocd_apps",
+    multiple=True,
+    metavar="CLUSTER=NAMESPACE/NAME",
+    help="The Argo CD Application syncing a cluster: a step's clock starts when it applied "
+    "the step's commit. Repeatable.",
+)
+@click.option(
+    "--flux-kustomization",
+    "flux_kustomizations",
+    multiple=True,
+    metavar="CLUSTER=NAMESPACE/NAME",
+    help="The Flux Kustomization syncing a cluster (as --argocd-app). Repeatable.",
+)
+@click.option(
+    "--sync-context",
+    default=None,
+    help="Kubeconfig context of the cluster where Argo CD / Flux run (hub and spoke); "
+    "default: each cluster's own.",
+)
+@click.option(
+    "--sync-from-routing/--no-sync-from-routing",
+    default=True,
+    show_default=True,
+    help="With live clusters: a step's change is applied once the live routing object carries "
+    "its Git file's content hash.",
+)
+@click.option(
+    "--listen",
+    envvar="GITOPS_ROLLOUT_LISTEN",
+    default=None,
+    help="host:port of /healthz, /readyz and /metrics ($GITOPS_ROLLOUT_LISTEN; default "
+    "127.0.0.1:9090; empty: serve nothing).",
+)
+@click.option(
+    "--interval",
+    type=_seconds("--interval"),
+    default=60.0,
+    show_default=True,
+    help="Seconds between passes of a policy without analysis.interval.",
+)
+@click.option(
+    "--jitter",
+    type=_seconds("--jitter"),
+    default=5.0,
+    show_default=True,
+    help="Largest random delay of a pass, seconds.",
+)
+@click.option(
+    "--reload-interval",
+    type=_seconds("--reload-interval"),
+    default=30.0,
+    show_default=True,
+    help="Seconds between re-reads of the policy set from the main branch.",
+)
+@click.option(
+    "--grace",
+    type=_seconds("--grace"),
+    default=30.0,
+    show_default=True,
+    help="On SIGTERM, seconds running passes may take to finish (below the pod's "
+    "terminationGracePeriodSeconds).",
+)
+@click.option(
+    "--shards",
+    type=click.IntRange(min=1),
+    default=None,
+    help="How many replicas share the policies (default $GITOPS_ROLLOUT_SHARDS, else 1).",
+)
+@click.option(
+    "--shard",
+    type=click.IntRange(min=0),
+    default=None,
+    help="This replica's shard (default $GITOPS_ROLLOUT_SHARD, else the pod name ordinal).",
+)
+@click.option(
+    "--no-leases",
+    is_flag=True,
+    help="Do not guard the shard with a Kubernetes Lease (only for a single replica).",
+)
+@click.option(
+    "--lease-namespace",
+    envvar=["GITOPS_ROLLOUT_LEASE_NAMESPACE", "POD_NAMESPACE"],
+    default="gitops-system",
+    show_default=True,
+    help="Namespace of the shard Leases ($GITOPS_ROLLOUT_LEASE_NAMESPACE or $POD_NAMESPACE).",
+)
+@click.option(
+    "--lease-context",
+    default=None,
+    help="Kubeconfig context of the cluster holding the Leases (default: the current one).",
+)
+def run_command(
+    repo: Path,
+    remote: str | None,
+    host: str,
+    api_url: str | None,
+    repository: str | None,
+    base: str,
+    cache_dir: Path | None,
+    inventory: tuple[str, ...],
+    kubeconfig: Path | None,
+    contexts: tuple[str, ...],
+    in_cluster: bool,
+    clusters: tuple[str, ...],
+    metrics: str | None,
+    prometheus: str | None,
+    argocd_apps: tuple[str, ...],
+    flux_kustomizations: tuple[str, ...],
+    sync_context: str | None,
+    sync_from_routing: bool,
+    listen: str | None,
+    interval: float,
+    jitter: float,
+    reload_interval: float,
+    grace: float,
+    shards: int | None,
+    shard: int | None,
+    no_leases: bool,
+    lease_namespace: str,
+    lease_context: str | None,
+) -> None:
+    """The scheduled daemon: every policy at its interval, until SIGTERM.
+
+    Serves /healthz, /readyz and /metrics. Exit 0 after a clean stop, 1 for bad flags or
+    environment, 2 when it could not start or a pass had to be abandoned on shutdown.
+    """
+    import os
+    from datetime import timedelta
+
+    from gitops_rollout import daemon
+    from gitops_rollout.lease import SHARD_ENV, SHARDS_ENV, LeaseSettings, ShardAssignment
+    from gitops_rollout.observability import DEFAULT_LISTEN
+    from gitops_rollout.schedule import DaemonSettings
+    from gitops_rollout.settings import GitSettings, HostSettings, ScheduleSettings, Settings
+
+    # A daemon reports every decision: INFO unless -v asked for more. The scheduler's per-job
+    # lines and urllib3's per-retry warnings stay quiet (the inventory reports an unreachable
+    # cluster once, with the reason) unless -vv.
+    root = logging.getLogger()
+    if root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    if root.level > logging.DEBUG:
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
+
+    git = GitSettings(remote=_remote_of(repo, remote), base=base)
+    if cache_dir is not None:
+        git = GitSettings(remote=git.remote, base=base, cache_dir=cache_dir)
+    settings = Settings(
+        repo=repo,
+        git=git,
+        host=HostSettings(kind=host, url=api_url or "", repository=repository or ""),
+        schedule=ScheduleSettings(
+            interval_s=interval,
+            jitter_s=jitter,
+            listen=DEFAULT_LISTEN if listen is None else listen,
+        ),
+    )
+    environ = dict(os.environ)
+    if shards is not None:
+        environ[SHARDS_ENV] = str(shards)
+    if shard is not None:
+        environ[SHARD_ENV] = str(shard)
+    try:
+        config = daemon.DaemonConfig(
+            settings=settings,
+            inventory_files=inventory,
+            kubeconfig=kubeconfig,
+            contexts=_pairs(contexts, "--context"),
+            in_cluster=in_cluster,
+            clusters=frozenset(clusters) if clusters else None,
+            metrics_file=metrics,
+            prometheus=prometheus,
+            argocd_apps=_sync_refs(argocd_apps, "--argocd-app"),
+            flux_kustomizations=_sync_refs(flux_kustomizations, "--flux-kustomization"),
+            sync_context=sync_context,
+            sync_from_routing=sync_from_routing,
+            leases=not no_leases,
+            lease=LeaseSettings(namespace=lease_namespace),
+            lease_context=lease_context,
+            shards=ShardAssignment.from_env(environ),
+            schedule=DaemonSettings.from_settings(
+                settings.schedule,
+                reload_interval=timedelta(seconds=reload_interval),
+                grace=timedelta(seconds=grace),
+            ),
+        )
+        clean = daemon.serve(config)
+    except RolloutError as error:
+        _fail(error)
+        return
+    if not clean:
+        # A pass thread is still running after the grace period: leave without waiting for it
+        # (passes are crash-safe; the next start picks up from Git).
+        logging.shutdown()
+        os._exit(2)
+    sys.exit(0)

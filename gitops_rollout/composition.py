@@ -15,12 +15,12 @@ from pathlib import Path
 
 from gitops_rollout import reconcile
 from gitops_rollout.errors import RolloutError
-from gitops_rollout.gitops.hosts import HostConfig, make_host
+from gitops_rollout.gitops.hosts import HostConfig, git_credentials, make_host
 from gitops_rollout.gitops.hosts.base import GitHost, PullState
-from gitops_rollout.gitops.repo import BRANCH_PREFIX, Workspace
+from gitops_rollout.gitops.repo import BRANCH_PREFIX, Signing, SigningFormat, Workspace
 from gitops_rollout.inventory.model import ObjectRef, Status
 from gitops_rollout.inventory.snapshot import load_snapshots
-from gitops_rollout.settings import Settings
+from gitops_rollout.settings import GitSettings, Settings
 from gitops_rollout.tree import DirTree
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,26 @@ class PassContext:
     host: GitHost
     inventory: reconcile.InventorySource
     judge: reconcile.Judge
+
+
+class SettingError(RolloutError):
+    """A setting has a value we cannot use; bad input, not an outage."""
+
+    exit_code = 1
+
+
+def signing_of(git: GitSettings) -> Signing | None:
+    """How to sign the bot's commits, from $GITOPS_ROLLOUT_SIGNING_KEY / _FORMAT; None: unsigned."""
+    if not git.signing_key:
+        return None
+    try:
+        form = SigningFormat(git.signing_format.strip().lower())
+    except ValueError:
+        known = ", ".join(f.value for f in SigningFormat)
+        raise SettingError(
+            f"GITOPS_ROLLOUT_SIGNING_FORMAT is {git.signing_format!r}; use one of: {known}"
+        ) from None
+    return Signing(git.signing_key, form)
 
 
 def snapshot_source(specs: Sequence[str]) -> reconcile.InventorySource:
@@ -61,17 +81,28 @@ def pass_context(
     prometheus: str | None,
     now: datetime,
 ) -> Iterator[PassContext]:
-    """Open the workspace (locking its cache) and build the host for one or more passes."""
+    """Build the host, then open the workspace (locking its cache) for one or more passes.
+
+    git reaches an HTTPS remote with the host's own token (`git_credentials`), an SSH remote
+    with the environment's keys and ``GIT_SSH_COMMAND``, a path directly.
+    """
+    host = make_host(
+        settings.host.kind,
+        HostConfig(
+            remote=settings.git.remote,
+            api_url=settings.host.url or None,
+            repository=settings.host.repository or None,
+            clock=lambda: now,
+        ),
+    )
     workspace = Workspace.open(
-        settings.git.remote, cache_dir=settings.git.cache_dir, base=settings.git.base
+        settings.git.remote,
+        cache_dir=settings.git.cache_dir,
+        base=settings.git.base,
+        credentials=git_credentials(host, settings.git.remote),
+        signing=signing_of(settings.git),
     )
     try:
-        host = make_host(
-            settings.host.kind,
-            HostConfig(
-                remote=settings.git.remote, api_url=settings.host.url or None, clock=lambda: now
-            ),
-        )
         yield PassContext(
             workspace=workspace,
             host=host,
@@ -140,16 +171,42 @@ def status_rows(
         repo=repo, inventory=inventory, metrics_file=None, now=now, cache_dir=cache_dir
     )
     pulls: dict[str, str] = {}
+    closed: dict[str, tuple[int, str, list[str]]] = {}
+    """Branches whose newest pull request was closed unmerged: (number, body, comments)."""
     if remote and "://" not in remote and Path(remote).is_dir():
         from gitops_rollout.gitops.hosts.local import LocalHost
 
         host = LocalHost(Path(remote))
-        for record in host.list_pulls(state=PullState.OPEN):
-            pulls[record.head] = f"#{record.number}"
+        newest: set[str] = set()
+        for record in host.list_pulls():  # newest first
+            if record.head in newest:
+                continue
+            newest.add(record.head)
+            if record.state is PullState.OPEN:
+                pulls[record.head] = f"#{record.number}"
+            elif record.state is PullState.CLOSED:
+                closed[record.head] = (
+                    record.number,
+                    record.body,
+                    [c.body for c in record.comments],
+                )
     rows = []
     for planned, decision in zip(result.planned, result.decisions, strict=True):
         stored = planned.transition.situation.state if planned.transition else None
         branch = planned.key.branch(BRANCH_PREFIX)
+        upcoming = f"{decision.action}: {decision.reason}"
+        veto = closed.get(branch)
+        if (
+            veto is not None
+            and decision.outcome == "planned"
+            and reconcile.vetoes(veto[1], veto[2], planned)
+        ):
+            # As the next pass will: the same decision is not proposed again (a human veto).
+            upcoming = (
+                f"vetoed: #{veto[0]} proposing {decision.action} was closed unmerged; "
+                "paused until the inputs change"
+            )
+            pulls[branch] = f"#{veto[0]} (closed)"
         rows.append(
             {
                 "cluster": decision.cluster,
@@ -161,7 +218,7 @@ def status_rows(
                     else "-"
                 ),
                 "weights": decision.weights,
-                "next": f"{decision.action}: {decision.reason}",
+                "next": upcoming,
                 "pr": pulls.get(branch, ""),
             }
         )

@@ -2,21 +2,28 @@
 
 For every rollout whose next move depends on the evidence, this asks the metrics provider for
 per-interval counts since the rollout's first step took effect (one query per metric and
-namespace for all of them) and calls `analysis.decide` with the step's rules. A rollout whose
-metrics cannot be read holds, or rolls back once the policy's no-data timeout has passed and
-its ``noData`` says so. Nothing here writes anything.
+namespace for all of them) and calls `analysis.decide` with the step's rules. The evidence
+starts at the rollout's start itself, warm-up included: `decide` leaves the warm-up out and
+says how much it left out (the PR shows it), so it must see it.
+
+A rollout whose metrics cannot be read holds, or rolls back once the policy's no-data timeout
+has passed and its ``noData`` says so. The timeout runs from the last pass that read its
+metrics, as far as this judge remembers (a daemon keeps one judge), else from the step's start.
+A custom query Prometheus rejects is bad input, not missing data: the rollout holds, with the
+policy's file, line and field, until the query is fixed; it never rolls back or promotes for
+it. Nothing here writes anything.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from gitops_rollout import analysis
 from gitops_rollout.errors import MetricsError
 from gitops_rollout.metrics import ProviderConfig, create_provider
-from gitops_rollout.metrics.base import MetricsProvider, RolloutRef, VersionRef
+from gitops_rollout.metrics.base import MetricsProvider, QueryError, RolloutRef, VersionRef, utc
 from gitops_rollout.metrics.collect import collect
 from gitops_rollout.metrics.evidence import Evidence
 from gitops_rollout.planning import RolloutKey, key_of
@@ -29,6 +36,7 @@ from gitops_rollout.policy import (
 )
 from gitops_rollout.state import Phase
 from gitops_rollout.transitions import Situation, VerdictLike, ab_looks
+from gitops_rollout.validation import query_problem
 
 
 def _versions(s: Situation) -> tuple[VersionRef, ...]:
@@ -75,6 +83,8 @@ class Judge:
     """Turns situations into verdicts with one metrics backend."""
 
     provider: MetricsProvider
+    last_read: dict[RolloutKey, datetime] = field(default_factory=dict)
+    """When each rollout's metrics were last read, for the no-data timeout of an outage."""
 
     @staticmethod
     def from_source(*, metrics_file: str | None, prometheus: str | None) -> Judge:
@@ -97,32 +107,41 @@ class Judge:
                 verdicts[key] = _hold("waiting for this step's change to take effect")
                 continue
             refs[str(key)] = (key, s)
-            requests.append(
-                RolloutRef.from_policy(
-                    s.policy, key=str(key), versions=_versions(s), step_start=started
-                )
+            ref = RolloutRef.from_policy(
+                s.policy, key=str(key), versions=_versions(s), step_start=started
             )
+            # From the start itself: decide excludes the warm-up and reports it.
+            requests.append(replace(ref, since=utc(started)))
         if not requests:
             return verdicts
         try:
             collected = collect(self.provider, requests, now=now)
         except MetricsError as err:
             for key, s in refs.values():
-                verdicts[key] = self._unavailable(s, now=now, error=str(err))
+                verdicts[key] = self._unavailable(key, s, now=now, error=err)
             return verdicts
         for name, (key, s) in refs.items():
             if name in collected.errors:
-                verdicts[key] = self._unavailable(s, now=now, error=str(collected.errors[name]))
+                verdicts[key] = self._unavailable(key, s, now=now, error=collected.errors[name])
                 continue
+            self.last_read[key] = now
             verdicts[key] = self._decide(s, collected.evidence[name], now=now)
         return verdicts
 
-    @staticmethod
-    def _unavailable(s: Situation, *, now: datetime, error: str) -> VerdictLike:
+    def _unavailable(
+        self, key: RolloutKey, s: Situation, *, now: datetime, error: MetricsError
+    ) -> VerdictLike:
         spec = s.policy.spec.analysis
         assert spec is not None
+        if isinstance(error, QueryError) and error.field:
+            problem = query_problem(s.loaded, error)
+            return _hold(
+                f"{problem}; holding until the query is fixed (a rejected query is neither "
+                "a pass nor a failure)"
+            )
         reason = f"metrics unavailable: {error}"
-        waited = now - s.step_started if s.step_started else timedelta(0)
+        seen = [t for t in (s.step_started, self.last_read.get(key)) if t is not None]
+        waited = now - max(seen) if seen else timedelta(0)
         if spec.no_data is NoDataAction.ROLLBACK and waited >= spec.no_data_timeout:
             return analysis.Verdict(
                 action=analysis.Action.ROLLBACK,

@@ -19,8 +19,10 @@ open PR with the same decision is left as it is. The PR rules:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from gitops_rollout import memo as passmemo
 from gitops_rollout import planning, render, repository
 from gitops_rollout.errors import Problem, RolloutError
 from gitops_rollout.gitops import pr_body
@@ -215,7 +218,7 @@ def plan_pass(
     if options.policies is None:
         out.extend(
             p
-            for p in planning.orphans(view.tree, view.policies, policy_paths=view.policy_paths)
+            for p in passmemo.orphans(view)
             if options.clusters is None or p.key.cluster in options.clusters
         )
     return out
@@ -281,16 +284,18 @@ def _adoption_body(cluster: str, models: Sequence[Planned], changes: ChangeSet, 
         f"`{cluster}`. Each gets a generated routing object that sends all traffic to its "
         "current primary, so nothing changes for clients; later rollouts shift weights in it.",
         "",
-        "| namespace | model | primary |",
-        "|---|---|---|",
+        "| namespace | model | primary | why nothing moves |",
+        "|---|---|---|---|",
     ]
     for p in models[:200]:
         primary = p.transition.situation.primary if p.transition else None
+        # Why this is an adoption and not a rollout: no candidate, one not Ready, a gate.
+        why = "; ".join(p.transition.reasons if p.transition else ()).replace("|", "\\|")
         lines.append(
-            f"| {p.key.namespace} | {p.key.model} | {primary.version if primary else '-'} |"
+            f"| {p.key.namespace} | {p.key.model} | {primary.version if primary else '-'} | {why} |"
         )
     if len(models) > 200:
-        lines.append(f"| ... | {len(models) - 200} more | |")
+        lines.append(f"| ... | {len(models) - 200} more | | |")
     lines += [
         "",
         f"{len(changes)} file(s) change. Merging applies the routing; closing it vetoes this "
@@ -434,13 +439,115 @@ def _proposals(
 
 
 def _digest_of(pull: PullRequest) -> str | None:
-    meta = pr_body.PullMetadata.parse(pull.body)
+    return body_digest(pull.body)
+
+
+def body_digest(body: str) -> str | None:
+    """The decision digest a pull request body carries (what a closed PR vetoed)."""
+    meta = pr_body.PullMetadata.parse(body)
     if meta is not None:
         return meta.digest
     marker = '"digest": "'
-    if marker in pull.body:
-        return pull.body.split(marker, 1)[1].split('"', 1)[0]
+    if marker in body:
+        return body.split(marker, 1)[1].split('"', 1)[0]
     return None
+
+
+def vetoes(body: str, comments: Sequence[str], planned: Planned) -> bool:
+    """True when a pull request closed unmerged (`body`, `comments`) is a human veto of
+    `planned`'s decision: it proposed exactly that, and the bot did not close it itself."""
+    if planned.transition is None or any(_CLOSED_BY_BOT in c for c in comments):
+        return False
+    return body_digest(body) == pr_body.decision_digest(planned.transition)
+
+
+_NUMBERS = re.compile(r"\d+(?:[.,:]\d+)*")
+
+
+def _hold_key(reason: str) -> str:
+    """What a hold says, in substance: its reason without the numbers that change each pass
+    ("8m00s to go", a fresh metric value), so that only a new kind of reason is commented."""
+    return hashlib.sha256(_NUMBERS.sub("#", reason).encode()).hexdigest()[:16]
+
+
+def _note_once(
+    host: GitHost, pull: PullRequest, *, kind: str, key: str, text: str, report: PassReport
+) -> None:
+    """Comment `text` on `pull` unless the bot's latest `kind` comment there has `key`.
+
+    The comment carries a hidden marker ``<!-- gitops-rollout-<kind>: <key> -->``; reading the
+    PR's comments back (rather than remembering in the cache or the PR body) keeps this right
+    after a restart, with a new cache, and with several replicas.
+    """
+    prefix = f"<!-- gitops-rollout-{kind}: "
+    marker = f"{prefix}{key} -->"
+    try:
+        latest = next((c for c in reversed(host.comments(pull.number)) if prefix in c), None)
+        if latest is not None and marker in latest:
+            return
+        host.comment(pull.number, f"{text}\n\n{marker}")
+    except RolloutError as err:
+        report.error("host", f"commenting on #{pull.number}: {err}")
+
+
+def _note_hold(
+    host: GitHost, pull: PullRequest, decisions: Sequence[Decision], report: PassReport
+) -> None:
+    """Say on the open PR why its rollout holds, once per kind of reason."""
+    held = [d for d in decisions if d.action == Action.HOLD.value]
+    if not held:
+        return
+    reason = "\n".join(f"- `{d.cluster}/{d.model}`: {d.reason}" for d in held)
+    text = (
+        f"**gitops-rollout holds this rollout:**\n\n{reason}\n\nThis pull request follows "
+        "the next decision; a new comment comes only when the reason for holding changes."
+    )
+    _note_once(host, pull, kind="hold", key=_hold_key(reason), text=text, report=report)
+
+
+def _note_human_edit(
+    host: GitHost, pull: PullRequest, *, head: str, what: str, report: PassReport
+) -> None:
+    """Say on the PR, once per pushed head, that a human's commit stopped the bot's updates."""
+    text = (
+        f"**gitops-rollout stopped updating this pull request**: {what}. Review and merge it "
+        "yourself, or close it (a veto: the rollout pauses until its inputs change)."
+    )
+    _note_once(host, pull, kind="human-edit", key=head, text=text, report=report)
+
+
+_CLOSED_BY_BOT = "<!-- gitops-rollout-closed: "
+
+
+def _closed_by_bot(host: GitHost, pull: PullRequest, report: PassReport) -> bool:
+    """Whether the bot closed `pull` itself (no longer needed), which is no veto.
+
+    Unreadable comments count as a human's close: better a paused rollout than a reopened
+    proposal someone rejected.
+    """
+    try:
+        return any(_CLOSED_BY_BOT in c for c in host.comments(pull.number))
+    except RolloutError as err:
+        report.error("host", f"reading the comments of #{pull.number}: {err}")
+        return False
+
+
+def _note_unmerged(
+    host: GitHost,
+    pull: PullRequest,
+    reason: str,
+    decisions: Sequence[Decision],
+    report: PassReport,
+) -> None:
+    """Say in the pass report, and once per pushed head on the PR, why an auto-merge failed
+    (a conflict with a push to the base, a missing approval): nothing is ever forced."""
+    for d in decisions:
+        d.reason = f"{d.reason}; not merged: {reason}" if d.reason else f"not merged: {reason}"
+    text = (
+        f"**gitops-rollout could not merge this pull request**: {reason}. Nothing was forced; "
+        "the next pass tries again, rendering the change anew if the base branch moved."
+    )
+    _note_once(host, pull, kind="unmerged", key=pull.head_sha, text=text, report=report)
 
 
 def publish(
@@ -473,19 +580,28 @@ def publish(
                 host.close(
                     stale.number,
                     comment="The main branch already has what this pull "
-                    "request proposed, or its inputs changed back: it is no longer needed.",
+                    "request proposed, or its inputs changed back: it is no longer needed."
+                    f"\n\n{_CLOSED_BY_BOT}{_digest_of(stale) or ''} -->",
                 )
                 for d in decisions:
                     d.outcome = "closed"
             except RolloutError as err:
                 report.error("host", f"closing #{stale.number}: {err}")
+        else:
+            _note_hold(host, stale, decisions, report)
 
     todo: list[_Proposal] = []
     for prop in proposals:
         current = open_by_head.get(prop.branch)
         latest = latest_by_head.get(prop.branch)
-        vetoed = latest is not None and latest.state is PullState.CLOSED
-        if current is None and latest is not None and vetoed and _digest_of(latest) == prop.digest:
+        vetoed = (
+            current is None
+            and latest is not None
+            and latest.state is PullState.CLOSED
+            and _digest_of(latest) == prop.digest
+            and not _closed_by_bot(host, latest, report)
+        )
+        if vetoed and latest is not None:
             for d in prop.decisions:
                 d.outcome, d.pr, d.pr_url = "vetoed", latest.number, latest.url
                 d.reason = (
@@ -496,6 +612,7 @@ def publish(
         if prop.holding and current is not None and _digest_of(current) == prop.digest:
             for d in prop.decisions:
                 d.outcome, d.pr, d.pr_url = "unchanged", current.number, current.url
+            _note_hold(host, current, prop.decisions, report)
             continue
         todo.append(prop)
 
@@ -504,11 +621,27 @@ def publish(
     for prop in todo:
         if prop.branch in humans:
             edited = open_by_head.get(prop.branch)
+            edit = humans[prop.branch]
             for d in prop.decisions:
                 d.outcome = "human-edited"
-                d.reason = humans[prop.branch].describe()
+                d.reason = edit.describe()
                 if edited is not None:
                     d.pr, d.pr_url = edited.number, edited.url
+            if edited is not None:
+                _note_human_edit(host, edited, head=edit.head, what=edit.describe(), report=report)
+            continue
+        current = open_by_head.get(prop.branch)
+        if (
+            not prop.auto_merge
+            and current is not None
+            and _digest_of(current) == prop.digest
+            and current.mergeable is not False
+        ):
+            # The same decision waits for a reviewer. Rebuilding it would only refresh the
+            # reason's numbers, and a new commit dismisses approvals on most hosts: leave it,
+            # unless the host says it no longer merges cleanly.
+            for d in prop.decisions:
+                d.outcome, d.pr, d.pr_url = "unchanged", current.number, current.url
             continue
         requests.append(CommitRequest(prop.branch, prop.changes, prop.message))
     by_branch = {p.branch: p for p in todo}
@@ -523,6 +656,9 @@ def publish(
         if result.outcome is PushOutcome.HUMAN_EDITED:
             for d in prop.decisions:
                 d.outcome = "human-edited"
+            if pull is not None:
+                head = result.sha or ""
+                _note_human_edit(host, pull, head=head, what=result.detail, report=report)
             continue
         if result.outcome is PushOutcome.REJECTED:
             report.error("git", f"push of {result.branch} rejected: {result.detail}")
@@ -555,8 +691,14 @@ def publish(
             else:
                 if merged.merged:
                     outcome = "merged"
+                elif merged.queued:
+                    # The host merges it once its checks pass; the next pass sees the merge.
+                    log.info("#%s merge queued on the host: %s", opened.number, merged.reason)
                 elif merged.reason:
                     log.info("#%s not merged yet: %s", opened.number, merged.reason)
+                    _note_unmerged(host, opened, merged.reason, prop.decisions, report)
+        if prop.holding and not new and outcome != "merged":
+            _note_hold(host, opened, prop.decisions, report)
         for d in prop.decisions:
             d.outcome, d.pr, d.pr_url = outcome, opened.number, opened.url
 
@@ -569,8 +711,15 @@ def run_once(
     inventory: InventorySource = no_inventory,
     judge: Judge = no_verdicts,
     caches: repository.Caches | None = None,
+    history: History | None = None,
+    memoise: bool = True,
 ) -> PassReport:
-    """One pass over every policy (or the ones `options` names)."""
+    """One pass over every policy (or the ones `options` names).
+
+    `history` says when changes took effect (step clocks); default: the workspace's merge
+    times. The daemon passes one that waits for the GitOps agent to apply them. `memoise`
+    lets rollouts that stand still keep their last decision while their inputs hold (`memo`).
+    """
     started = time.monotonic()
     report = PassReport()
     try:
@@ -584,17 +733,37 @@ def run_once(
     except RolloutError as err:
         report.error("inventory", str(err))
         statuses, unreachable = {}, {c: str(err) for c in _clusters(tree)}
-    view = repository.load(tree, statuses=statuses, unreachable=unreachable, caches=caches)
+    memo = (
+        passmemo.PassMemo.open(
+            workspace.git_dir, host=host, base=workspace.base, caches=caches, only=options.policies
+        )
+        if memoise and not options.commands and options.clusters is None
+        else passmemo.PassMemo.disabled(caches)
+    )
+    view = repository.load(
+        tree, statuses=statuses, unreachable=unreachable, caches=memo.caches, skip=memo
+    )
     report.problems.extend(view.problems)
-    planned = plan_pass(view, options=options, history=workspace, judge=judge)
+    planned = plan_pass(
+        view, options=options, history=workspace if history is None else history, judge=judge
+    )
     changesets = build_many(tree, {p.key: p.files for p in planned if not p.problems})
     proposals, quiet = _proposals(
         planned, changesets, base=workspace.base, tree=tree, report=report
     )
+    report.decisions = memo.decisions(view, planned, report.decisions, Decision)
     try:
-        publish(proposals, quiet, workspace=workspace, host=host, now=options.now, report=report)
+        publish(
+            proposals,
+            quiet,
+            workspace=workspace,
+            host=memo.host(host),
+            now=options.now,
+            report=report,
+        )
     except RolloutError as err:
         report.error("host", str(err))
+    memo.save(view, changesets, failed=bool(report.errors))
     for d in report.decisions:
         log.info(
             "decision policy=%s cluster=%s model=%s action=%s outcome=%s pr=%s reason=%r",
@@ -629,18 +798,20 @@ class PlanResult:
     decisions: list[Decision]
     problems: list[Problem]
     changesets: dict[RolloutKey, ChangeSet]
+    desired: dict[str, bytes | None] = field(default_factory=dict)
+    """Every file the plan wants, the rollouts rendered one on top of the other (rollouts of
+    one namespace each add their folder to its kustomization.yaml); None: deleted."""
 
     def write(self, output: Path) -> None:
         """Every desired file below `output` (deletions listed in DELETED.txt)."""
         deleted: list[str] = []
-        for p in self.planned:
-            for path, data in sorted(p.files.items()):
-                if data is None:
-                    deleted.append(path)
-                    continue
-                target = output / path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
+        for path, data in sorted(self.desired.items()):
+            if data is None:
+                deleted.append(path)
+                continue
+            target = output / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
         if deleted:
             output.mkdir(parents=True, exist_ok=True)
             (output / "DELETED.txt").write_text("".join(f"{d}\n" for d in sorted(set(deleted))))
@@ -700,4 +871,22 @@ def dry_run(
             report.problems.extend(p.problems)
         elif changesets[p.key]:
             d.outcome = "planned"
-    return PlanResult(planned, decisions, report.problems, changesets)
+    return PlanResult(planned, decisions, report.problems, changesets, _desired(planned, tree))
+
+
+def _desired(planned: Sequence[Planned], tree: Tree) -> dict[str, bytes | None]:
+    """Every rollout's files rendered one on top of the other, as merging them all would leave
+    the repository (separately rendered, shared files would keep only the last rollout's)."""
+    overlay = OverlayTree(tree)
+    for p in planned:
+        if p.problems:
+            continue
+        if p.transition is None:
+            k = p.key
+            rendered = render.remove_rollout(
+                k.model, cluster=k.cluster, namespace=k.namespace, tree=overlay
+            )
+        else:
+            rendered = render.render(p.transition, tree=overlay)
+        overlay.update(rendered.files)
+    return dict(overlay.overrides)

@@ -8,17 +8,58 @@ cross-checks of `validation` into one `RepositoryView`. Policies with problems a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from gitops_rollout.errors import Problem
 from gitops_rollout.inventory import manifests
 from gitops_rollout.inventory.model import Inventory, ObjectRef, Status
 from gitops_rollout.policy import LoadedPolicy, PolicySet, check_unique, load_policy_text
-from gitops_rollout.tree import Tree
-from gitops_rollout.validation import check_policy
+from gitops_rollout.tree import Tree, read_all
 
 POLICIES = "policies"
+
+
+@dataclass(frozen=True)
+class PolicySummary:
+    """What a pass must know of a policy it does not load again (see `Skipper`)."""
+
+    name: str
+    model: str
+    clusters: tuple[str, ...]
+    routing_namespace: str
+    file: str
+    line: int
+
+    @staticmethod
+    def of(loaded: LoadedPolicy) -> PolicySummary:
+        pol = loaded.policy
+        return PolicySummary(
+            pol.name,
+            pol.model,
+            tuple(c.name for c in pol.spec.clusters),
+            pol.routing_namespace,
+            loaded.file,
+            loaded.line,
+        )
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a `Skipper` may look at: the tree and the inventory of this pass."""
+
+    tree: Tree
+    inventory: Inventory
+    broken: Mapping[str, list[Problem]]
+
+
+class Skipper(Protocol):
+    """Names policy files whose rollouts a pass need not load nor plan again (`memo`)."""
+
+    def skip(self, path: str, blob: str, facts: Facts) -> Sequence[PolicySummary] | None:
+        """The file's policies when every one of them can be skipped; None: load the file."""
+        ...
 
 
 @dataclass
@@ -46,23 +87,80 @@ class RepositoryView:
     """Manifest problems by cluster."""
     held: list[LoadedPolicy] = field(default_factory=list)
     """Valid policies whose manifests do not match them (reported; not reconciled)."""
+    skipped: list[PolicySummary] = field(default_factory=list)
+    """Valid policies the `Skipper` took over: not in `policies`, not planned this pass."""
 
 
 def load_policies(tree: Tree, caches: Caches) -> tuple[PolicySet, set[str]]:
+    """Valid policies and every policy file present."""
+    policies, paths, _ = _load_policies(tree, caches)
+    return policies, paths
+
+
+def _load_policies(
+    tree: Tree, caches: Caches, *, skip: Skipper | None = None, facts: Facts | None = None
+) -> tuple[PolicySet, set[str], list[PolicySummary]]:
+    """Valid policies, every policy file, and the summaries of the policies `skip` took."""
     loaded: list[LoadedPolicy] = []
     problems: list[Problem] = []
+    skipped: list[PolicySummary] = []
     paths = [p for p in tree.paths(POLICIES) if p.endswith((".yaml", ".yml"))]
-    for path in paths:
-        key = (path, tree.blob_id(path))
+    keys = {path: (path, tree.blob_id(path)) for path in paths}
+    if skip is not None and facts is not None:
+        taken = {p: skip.skip(p, keys[p][1], facts) for p in paths}
+        skipped = [s for found in taken.values() if found is not None for s in found]
+        if skipped and _clash(skipped, paths, keys, taken, tree, caches):
+            skipped, taken = [], {}
+        paths_to_load = [p for p in paths if taken.get(p) is None]
+    else:
+        paths_to_load = paths
+    texts = read_all(tree, [p for p in paths_to_load if keys[p] not in caches.policies])
+    for path in paths_to_load:
+        key = keys[path]
         cached = caches.policies.get(key)
         if cached is None:
-            cached = load_policy_text(tree.read(path), file=path)
+            cached = load_policy_text(texts[path], file=path)
             caches.policies[key] = cached
         loaded.extend(cached[0])
         problems.extend(cached[1])
     result = check_unique(loaded)
     result.problems[:0] = problems
-    return result, set(paths)
+    return result, set(paths), skipped
+
+
+def _clash(
+    skipped: list[PolicySummary],
+    paths: list[str],
+    keys: Mapping[str, tuple[str, str]],
+    taken: Mapping[str, Sequence[PolicySummary] | None],
+    tree: Tree,
+    caches: Caches,
+) -> bool:
+    """True when skipped policies share a name or a (cluster, model) with any other policy:
+    `check_unique` then decides who stays, which needs every policy loaded."""
+    texts = read_all(
+        tree, [p for p in paths if taken.get(p) is None and keys[p] not in caches.policies]
+    )
+    names: set[str] = set()
+    models: set[tuple[str, str]] = set()
+    others: list[PolicySummary] = []
+    for path in paths:
+        if taken.get(path) is not None:
+            continue
+        cached = caches.policies.get(keys[path])
+        if cached is None:
+            cached = caches.policies[keys[path]] = load_policy_text(texts[path], file=path)
+        others.extend(PolicySummary.of(lp) for lp in cached[0])
+    for other in others:
+        names.add(other.name)
+        models.update((c, other.model) for c in other.clusters)
+    for s in skipped:
+        pairs = {(c, s.model) for c in s.clusters}
+        if s.name in names or pairs & models:
+            return True
+        names.add(s.name)
+        models |= pairs
+    return False
 
 
 def load(
@@ -71,10 +169,14 @@ def load(
     statuses: Mapping[tuple[str, ObjectRef], Status] | None = None,
     unreachable: Mapping[str, str] | None = None,
     caches: Caches | None = None,
+    skip: Skipper | None = None,
 ) -> RepositoryView:
-    """Read policies and manifests from `tree` and attach readiness."""
+    """Read policies and manifests from `tree` and attach readiness.
+
+    `skip` may take over policy files whose rollouts need no planning this pass (the pass
+    memo); those are neither parsed nor checked again, and are listed in `skipped`.
+    """
     caches = caches if caches is not None else Caches()
-    policies, policy_paths = load_policies(tree, caches)
     inventory, manifest_problems = manifests.scan(tree, cache=caches.manifests)
     if statuses:
         manifests.with_status(inventory, statuses)
@@ -84,13 +186,21 @@ def load(
         cluster = manifests.cluster_of(problem.file)
         if cluster:
             broken.setdefault(cluster, []).append(problem)
+    policies, policy_paths, skipped = _load_policies(
+        tree, caches, skip=skip, facts=Facts(tree, inventory, broken)
+    )
     problems = [*policies.problems, *manifest_problems]
     kept: list[LoadedPolicy] = []
     held: list[LoadedPolicy] = []
-    for loaded in policies.policies:
-        found = check_policy(loaded, inventory)
-        problems.extend(found)
-        (held if found else kept).append(loaded)
+    if policies.policies:
+        # Imported here: validation pulls in the analysis stage (numpy, scipy), which a pass
+        # whose policies all come from the memo never needs.
+        from gitops_rollout.validation import check_policy
+
+        for loaded in policies.policies:
+            found = check_policy(loaded, inventory)
+            problems.extend(found)
+            (held if found else kept).append(loaded)
     return RepositoryView(
         tree=tree,
         policies=PolicySet(kept, policies.problems),
@@ -99,4 +209,5 @@ def load(
         policy_paths=policy_paths,
         broken=broken,
         held=held,
+        skipped=skipped,
     )

@@ -34,6 +34,12 @@ class GitSettings:
     """Where the bot keeps its clone of the remote and parse caches (reused across passes)."""
     push_attempts: int = 4
     """Tries for a push rejected because the branch moved (fetch, rebuild, retry, with jitter)."""
+    signing_key: str = field(default_factory=lambda: env("SIGNING_KEY"))
+    """$GITOPS_ROLLOUT_SIGNING_KEY: signs the bot's commits for Flux ``verify`` / Argo CD
+    signature checks; an OpenPGP key id, or an SSH private key file. Empty: unsigned (signing
+    costs one gpg or ssh-keygen process per commit)."""
+    signing_format: str = field(default_factory=lambda: env("SIGNING_FORMAT", "openpgp"))
+    """$GITOPS_ROLLOUT_SIGNING_FORMAT: ``openpgp`` (git's default) or ``ssh``."""
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,8 @@ class Transition:
     action: Action
     state: RolloutState
     plan: RoutePlan | None
-    """None when there is nothing to route (no primary): nothing is rendered."""
+    """None when there is nothing to route (no primary) or the routing file was edited by hand
+    (it is never overwritten but by `resume`): nothing is rendered."""
     kind: TransitionKind
     """The pull request kind if this changes anything."""
     title: str
@@ -472,15 +473,16 @@ def advance(
                     step=state.step,
                     weights=dict(state.weights),
                 )
-        return Transition(
-            s,
-            Action.HOLD,
-            state,
-            plan,
-            TransitionKind.STEP,
-            f"routing: {plan.describe()}" if plan else "no routing",
-            (reason, *extra),
-        )
+        title = f"routing: {plan.describe()}" if plan else "no routing"
+        if s.stored and s.stored.hand_edited:
+            # Rendering would overwrite the person's edit: nothing is rendered until `resume`.
+            plan, title = None, "hand-edited routing left as it is"
+        elif s.problems:
+            # The cluster cannot be trusted now (unreachable, a manifest that does not parse):
+            # readiness reads Unknown, and re-rendering would move the candidate's traffic (or
+            # write a first routing file). Holding writes nothing; main keeps what it has.
+            plan, title = None, "routing left as it is while held"
+        return Transition(s, Action.HOLD, state, plan, TransitionKind.STEP, title, (reason, *extra))
 
     if s.problems:
         return hold(*s.problems)
@@ -1075,15 +1077,19 @@ def _promoting(s: Situation, primary: ModelVersion, candidate: ModelVersion | No
     title = f"finalize: all traffic back to {primary.ref.name} ({target})"
     if isinstance(policy.spec.strategy, BlueGreenStrategy):
         title = f"{policy.spec.strategy.finalize_stage} ({primary.ref.name} {target} 100%)"
+    # The candidate still runs until the cleanup removes it: its override header keeps working.
+    final_plan = plan_for(
+        policy, primary=primary, candidates=s.candidates, phase=Phase.IDLE, step=0
+    )
     return Transition(
         s,
         Action.FINALIZE,
         new,
-        idle_plan,
+        final_plan,
         TransitionKind.FINALIZE,
         title,
         (f"{primary.ref.name} now runs {target} and is Ready; traffic returns to it",),
-        edits=_native_edits(policy, idle_plan, [primary, *s.candidates]),
+        edits=_native_edits(policy, final_plan, [primary, *s.candidates]),
     )
 
 

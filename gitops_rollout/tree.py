@@ -8,11 +8,13 @@ parsed results across passes: a 10,000-model repository re-parses only what chan
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
+import os
 import subprocess
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -40,31 +42,61 @@ class Tree(Protocol):
         ...
 
 
+def read_all(tree: Tree, paths: Sequence[str]) -> dict[str, bytes]:
+    """The contents of `paths`, in one batch where the tree can (`GitTree.read_many`)."""
+    reader = getattr(tree, "read_many", None)
+    if reader is not None and len(paths) > 1:
+        found: dict[str, bytes] = reader(paths)
+        return found
+    return {path: tree.read(path) for path in paths}
+
+
 class DirTree:
     """A directory on disk (a working copy, or any folder laid out like the GitOps repo)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._ids: dict[str, str] = {}
+        self._blobs = _BlobCache()
+        """Recently read contents by path (a pass reads a namespace's kustomization.yaml
+        once per model in it)."""
+        self._listing: list[str] | None = None
+        """Every file, sorted; listed once at first use (like the blob ids, a pass's view)."""
 
     def paths(self, prefix: str = "") -> list[str]:
-        base = self.root / prefix if prefix else self.root
-        if not base.is_dir():
-            return []
-        out = []
-        for p in base.rglob("*"):
-            rel = p.relative_to(self.root)
-            if rel.parts and rel.parts[0] == ".git":
+        if self._listing is None:
+            self._listing = sorted(self._walk())
+        return _under(self._listing, prefix)
+
+    def _walk(self) -> Iterator[str]:
+        """Regular files below the root, not following symbolic links, without ``.git/``."""
+        pending = [""]
+        while pending:
+            rel = pending.pop()
+            try:
+                with os.scandir(self.root / rel if rel else self.root) as entries:
+                    found = list(entries)
+            except (FileNotFoundError, NotADirectoryError, PermissionError):
                 continue
-            if p.is_file() and not p.is_symlink():
-                out.append(rel.as_posix())
-        return sorted(out)
+            for entry in found:
+                path = f"{rel}/{entry.name}" if rel else entry.name
+                if path == ".git":
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(path)
+                elif entry.is_file(follow_symlinks=False):
+                    yield path
 
     def read(self, path: str) -> bytes:
+        cached = self._blobs.get(path)
+        if cached is not None:
+            return cached
         full = self.root / path
         if full.is_symlink() or not full.is_file():
             raise FileNotFoundError(path)
-        return full.read_bytes()
+        data = full.read_bytes()
+        self._blobs.put(path, data)
+        return data
 
     def blob_id(self, path: str) -> str:
         if path not in self._ids:
@@ -94,6 +126,7 @@ class GitTree:
         self._sorted = sorted(self._entries)
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
+        self._blobs = _BlobCache()
 
     def _git(self, *args: str) -> bytes:
         try:
@@ -108,10 +141,7 @@ class GitTree:
             ) from err
 
     def paths(self, prefix: str = "") -> list[str]:
-        if not prefix:
-            return list(self._sorted)
-        head = prefix.rstrip("/") + "/"
-        return [p for p in self._sorted if p.startswith(head)]
+        return _under(self._sorted, prefix)
 
     def blob_id(self, path: str) -> str:
         try:
@@ -122,17 +152,28 @@ class GitTree:
     def read(self, path: str) -> bytes:
         oid = self.blob_id(path)
         with self._lock:
+            cached = self._blobs.get(oid)
+            if cached is not None:
+                return cached
             proc = self._batch()
             assert proc.stdin is not None and proc.stdout is not None
             proc.stdin.write(oid.encode() + b"\n")
             proc.stdin.flush()
-            header = proc.stdout.readline()
-            parts = header.split()
-            if len(parts) != 3:
-                raise GitWriteError(f"git cat-file could not read {path} ({header!r})")
-            data = proc.stdout.read(int(parts[2]))
-            proc.stdout.read(1)  # the newline after each object
-            return data
+            data = self._answer(proc, path)
+            self._blobs.put(oid, data)
+        return data
+
+    def _answer(self, proc: subprocess.Popen[bytes], path: str) -> bytes:
+        """One object from the reader; a reader out of step is stopped (restarted next time)."""
+        assert proc.stdout is not None
+        header = proc.stdout.readline()
+        parts = header.split()
+        if len(parts) != 3 or parts[1] != b"blob":
+            self.close(kill=True)
+            raise GitWriteError(f"git cat-file could not read {path} ({header!r})")
+        data = proc.stdout.read(int(parts[2]))
+        proc.stdout.read(1)  # the newline after each object
+        return data
 
     def _batch(self) -> subprocess.Popen[bytes]:
         if self._proc is None or self._proc.poll() is not None:
@@ -143,15 +184,18 @@ class GitTree:
             )
         return self._proc
 
-    def close(self) -> None:
+    def close(self, *, kill: bool = False) -> None:
         """Stop the reader process (also stopped when the tree is garbage-collected)."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             assert proc.stdin is not None
-            proc.stdin.close()
+            if kill:
+                proc.kill()
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
             proc.wait(timeout=10)
-            if proc.stdout is not None:
-                proc.stdout.close()
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()
 
     def __del__(self) -> None:
         # At interpreter shutdown anything may already be gone; there is nothing left to do.
@@ -159,8 +203,77 @@ class GitTree:
             self.close()
 
     def read_many(self, paths: Iterable[str]) -> dict[str, bytes]:
-        """Contents of many files (one long-lived ``git cat-file --batch`` reader)."""
-        return {path: self.read(path) for path in paths}
+        """Contents of many files through the long-lived ``git cat-file --batch`` reader.
+
+        The requests are written by a helper thread while the answers are read, so the reader
+        never waits for a round trip per file (10,000 routing files: 0.2 s instead of 7 s).
+        """
+        wanted = list(dict.fromkeys(paths))
+        oids = {p: self.blob_id(p) for p in wanted}
+        with self._lock:
+            out = {p: data for p in wanted if (data := self._blobs.get(oids[p])) is not None}
+        todo = [p for p in wanted if p not in out]
+        if len(todo) < 2:
+            out.update((p, self.read(p)) for p in todo)
+            return {p: out[p] for p in wanted}
+        requests = b"".join(oids[p].encode() + b"\n" for p in todo)
+        with self._lock:
+            proc = self._batch()
+            assert proc.stdin is not None
+            stdin = proc.stdin
+
+            def feed() -> None:
+                with contextlib.suppress(BrokenPipeError, ValueError):
+                    stdin.write(requests)
+                    stdin.flush()
+
+            writer = threading.Thread(target=feed, name="cat-file-feed", daemon=True)
+            writer.start()
+            try:
+                for path in todo:
+                    out[path] = self._answer(proc, path)
+            finally:
+                writer.join()
+            for path in todo:
+                self._blobs.put(oids[path], out[path])
+        return {p: out[p] for p in wanted}
+
+
+class _BlobCache:
+    """Recently read blobs by object id, up to a byte budget (blobs never change).
+
+    A render reads the same namespace kustomization.yaml once per model in that namespace.
+    """
+
+    def __init__(self, budget: int = 32 << 20, largest: int = 1 << 20) -> None:
+        self._data: dict[str, bytes] = {}
+        self._size = 0
+        self._budget = budget
+        self._largest = largest
+
+    def get(self, oid: str) -> bytes | None:
+        return self._data.get(oid)
+
+    def put(self, oid: str, data: bytes) -> None:
+        if len(data) > self._largest or oid in self._data:
+            return
+        while self._data and self._size + len(data) > self._budget:
+            oldest = next(iter(self._data))
+            self._size -= len(self._data.pop(oldest))
+        self._data[oid] = data
+        self._size += len(data)
+
+
+def _under(ordered: list[str], prefix: str) -> list[str]:
+    """The paths of a sorted list below folder `prefix`, by binary search (a pass asks for
+    thousands of folders of a 40,000-file tree)."""
+    if not prefix:
+        return list(ordered)
+    head = prefix.rstrip("/") + "/"
+    # Every path starting with head sorts between head and head + U+10FFFF.
+    start = bisect.bisect_left(ordered, head)
+    end = bisect.bisect_left(ordered, head + "\U0010ffff", start)
+    return ordered[start:end]
 
 
 class OverlayTree:
@@ -169,17 +282,28 @@ class OverlayTree:
     def __init__(self, base: Tree) -> None:
         self.base = base
         self.overrides: dict[str, bytes | None] = {}
+        self._ordered: list[str] | None = None
+        """The overridden paths, sorted (kept in order by `update`)."""
+        self._ids: dict[str, str] = {}
 
     def update(self, files: dict[str, bytes | None]) -> None:
-        self.overrides.update(files)
+        """Replace (bytes) or delete (None) files; the way to change `overrides`."""
+        ordered = self._ordered if self._ordered is not None else sorted(self.overrides)
+        for path, data in files.items():
+            if path not in self.overrides:
+                bisect.insort(ordered, path)
+            self.overrides[path] = data
+            self._ids.pop(path, None)
+        self._ordered = ordered
 
     def paths(self, prefix: str = "") -> list[str]:
-        head = prefix.rstrip("/") + "/" if prefix else ""
+        if self._ordered is None or len(self._ordered) != len(self.overrides):
+            self._ordered = sorted(self.overrides)
         found = set(self.base.paths(prefix))
-        for path, data in self.overrides.items():
-            if data is None:
+        for path in _under(self._ordered, prefix):
+            if self.overrides[path] is None:
                 found.discard(path)
-            elif path.startswith(head):
+            else:
                 found.add(path)
         return sorted(found)
 
@@ -193,5 +317,8 @@ class OverlayTree:
 
     def blob_id(self, path: str) -> str:
         if path in self.overrides:
-            return blob_id(self.read(path))
+            found = self._ids.get(path)
+            if found is None:
+                found = self._ids[path] = blob_id(self.read(path))
+            return found
         return self.base.blob_id(path)

@@ -37,6 +37,8 @@ _BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _SYNTAX_FIX = "fix the YAML syntax at that line"
 
+_STR_TAG = "tag:yaml.org,2002:str"
+
 
 def format_path(path: FieldPath) -> str:
     """Render a field path the way users write it: ``spec.steps[2].weight``."""
@@ -126,6 +128,8 @@ class _Builder:
         return self._scalar(node, path)
 
     def _scalar(self, node: yaml.ScalarNode, path: FieldPath) -> Any:
+        if node.tag == _STR_TAG:
+            return node.value  # what SafeConstructor.construct_yaml_str returns, without the detour
         try:
             return self.scalars.construct_object(node, deep=True)
         except (ValueError, OverflowError) as err:
@@ -483,4 +487,56 @@ def load_fast(text: str | bytes) -> list[Any]:
     file again with `load_documents`. Duplicate keys and size are not checked here.
     """
     _check_depth(text, file="")
-    return [d for d in yaml.load_all(text, Loader=_BaseLoader) if d is not None]
+    loader = _BaseLoader(text)
+    try:
+        docs = []
+        while loader.check_node():
+            node = loader.get_node()
+            try:
+                value = _plain_value(node, set(), loader)
+            except _Unplain:
+                # Anchors, merge keys, tags on collections: the constructor's own way.
+                return [d for d in yaml.load_all(text, Loader=_BaseLoader) if d is not None]
+            if value is not None:
+                docs.append(value)
+        return docs
+    finally:
+        loader.dispose()
+
+
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Unplain(Exception):
+    """A document `_plain_value` leaves to the constructor."""
+
+
+def _plain_value(node: yaml.Node, seen: set[int], constructor: Any) -> Any:
+    """The value SafeConstructor builds for a composed tree of plain maps, lists and scalars,
+    without its generic bookkeeping; raises `_Unplain` for anything else (an alias, whose
+    node occurs twice, a merge key, a tagged collection, an unhashable key)."""
+    if id(node) in seen:
+        raise _Unplain
+    seen.add(id(node))
+    if isinstance(node, yaml.ScalarNode):
+        if node.tag == _STR_TAG:
+            return node.value
+        return constructor.construct_object(node)
+    if isinstance(node, yaml.MappingNode):
+        if node.tag != _MAP_TAG:
+            raise _Unplain
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                raise _Unplain
+            key = _plain_value(key_node, seen, constructor)
+            try:
+                out[key] = _plain_value(value_node, seen, constructor)
+            except TypeError:
+                raise _Unplain from None
+        return out
+    if node.tag != _SEQ_TAG:
+        raise _Unplain
+    return [_plain_value(item, seen, constructor) for item in node.value]

@@ -237,8 +237,9 @@ def _sample_ratio(
     *,
     step_started: datetime,
 ) -> Check | None:
-    """The sample-ratio check over this step's intervals; None when fewer than two versions
-    should receive traffic (mirroring, or a candidate at 0 %)."""
+    """The sample-ratio check over this step's intervals (without those in which a version's
+    server restarted); None when fewer than two versions should receive traffic (mirroring,
+    or a candidate at 0 %)."""
     shares = gates.current_weights(weights, versions)
     if len(shares) < 2:
         return None
@@ -247,6 +248,10 @@ def _sample_ratio(
     ok = gates.usable(series)
     in_step = np.array([b >= step_started for b in evidence.boundaries[:-1]])
     use = ok & in_step
+    for s in series:
+        # A restart loses part of one version's interval, which would look like a skewed split.
+        if s.reset.shape == use.shape:
+            use &= ~s.reset
     counts = np.array([float(np.sum(np.where(use, s.requests, 0.0))) for s in series])
     expected = np.array([shares[v] for v in names])
     total = float(np.sum(counts))
@@ -460,7 +465,10 @@ def _abn(
     )
     suggested = abn.allocate(p_best, alive, floor=floor)
     suggestion = {a: int(w) for a, w in zip(arms, suggested, strict=True)}
-    checks = [*checks, *_reward_checks(ctx, reward.metric, arms, pw, alive, win, denominator)]
+    checks = [
+        *checks,
+        *_reward_checks(ctx, reward.metric, arms, pw, alive, win, numerator, denominator),
+    ]
     winner = arms[win] if win >= 0 else None
     out = [a for a, alive_ in zip(arms, alive, strict=True) if not alive_]
     if out:
@@ -527,6 +535,7 @@ def _reward_checks(
     pw: abn.Pairwise,
     alive: BoolArray,
     win: int,
+    numerator: FloatArray,
     denominator: FloatArray,
 ) -> list[Check]:
     out = []
@@ -558,6 +567,8 @@ def _reward_checks(
                     int(np.count_nonzero(ctx.include)),
                     float(np.sum(denominator[0])),
                     float(np.sum(denominator[i])),
+                    float(np.sum(numerator[0])),
+                    float(np.sum(numerator[i])),
                 ),
                 note="bounds are on candidate - baseline, oriented so that larger is better; "
                 "simultaneous over all pairs",

@@ -27,6 +27,7 @@ from gitops_rollout.analysis import buckets, confseq, eprocess
 from gitops_rollout.analysis.abn import Spread
 from gitops_rollout.analysis.verdict import Comparison
 from gitops_rollout.metrics.evidence import VersionSeries
+from gitops_rollout.metrics.queries import FEEDBACK
 from gitops_rollout.policy import Analysis, MetricKind
 
 FloatArray = npt.NDArray[np.float64]
@@ -114,7 +115,11 @@ class Guardrail:
 
 
 def resolve(name: str, analysis: Analysis) -> tuple[Source, float | None] | None:
-    """The source (and quantile) of a metric name; None if it is unknown."""
+    """The source (and quantile) of a metric name; None if it is unknown.
+
+    ``feedback`` not defined by the policy is Seldon's feedback count, a built-in counter of
+    the seldon target (other targets have no such series: validation says so).
+    """
     if name in BUILTIN:
         return BUILTIN[name]
     for custom in analysis.metrics:
@@ -125,6 +130,8 @@ def resolve(name: str, analysis: Analysis) -> tuple[Source, float | None] | None
                 MetricKind.MEAN: Source.MEAN,
             }[custom.kind]
             return kind, None
+    if name == FEEDBACK:
+        return Source.COUNTER, None
     return None
 
 
@@ -210,14 +217,30 @@ class MeanCounts:
     """Per-request variance per interval, or None."""
 
 
+def _custom_pair(
+    counts: VersionCounts, name: str, denominator: FloatArray | None
+) -> tuple[FloatArray, FloatArray] | None:
+    """A policy metric and its denominator, without the intervals where either is unknown
+    (NaN: a scrape gap of that metric); None when it is unknown throughout (no version has a
+    series of it: a wrong query, or an exporter nobody scrapes), which is no data, not zero."""
+    values = counts.custom.get(name)
+    if values is None or denominator is None:
+        return None
+    known = np.isfinite(values) & np.isfinite(denominator)
+    if not np.all(known) and not np.any(known & ((values != 0) | (denominator != 0))):
+        return None
+    return np.where(known, values, 0.0), np.where(known, denominator, 0.0)
+
+
 def rate_counts(g: Guardrail, counts: VersionCounts) -> RateCounts | None:
     if g.source is Source.ERRORS:
         return RateCounts(counts.errors, counts.requests)
-    if g.source is Source.COUNTER and g.metric in counts.custom:
-        return RateCounts(counts.custom[g.metric], counts.requests)
-    denominator = f"{g.metric}/denominator"
-    if g.source is Source.RATIO and g.metric in counts.custom and denominator in counts.custom:
-        return RateCounts(counts.custom[g.metric], counts.custom[denominator])
+    if g.source is Source.COUNTER:
+        pair = _custom_pair(counts, g.metric, counts.requests)
+        return None if pair is None else RateCounts(*pair)
+    if g.source is Source.RATIO:
+        pair = _custom_pair(counts, g.metric, counts.custom.get(f"{g.metric}/denominator"))
+        return None if pair is None else RateCounts(*pair)
     return None
 
 
@@ -229,9 +252,10 @@ def mean_counts(g: Guardrail, counts: VersionCounts) -> MeanCounts | None:
                 counts.buckets, counts.bounds, counts.latency_sum, counts.requests
             )
         return MeanCounts(counts.latency_sum, counts.requests, variance)
-    if g.source is Source.MEAN and g.metric in counts.custom:
+    if g.source is Source.MEAN:
         count = counts.custom.get(f"{g.metric}/denominator", counts.requests)
-        return MeanCounts(counts.custom[g.metric], count, None)
+        pair = _custom_pair(counts, g.metric, count)
+        return None if pair is None else MeanCounts(pair[0], pair[1], None)
     return None
 
 

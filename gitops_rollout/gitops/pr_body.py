@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,10 +21,12 @@ from enum import Enum
 from typing import Any
 
 from gitops_rollout import __version__
+from gitops_rollout.analysis import Check, CheckVerdict, Comparison, Verdict
+from gitops_rollout.analysis.summary import confidence, value
 from gitops_rollout.gitops.changeset import ChangeSet
 from gitops_rollout.gitops.hosts.base import PullRequestDraft
 from gitops_rollout.gitops.repo import CommitMessage
-from gitops_rollout.policy import TransitionKind
+from gitops_rollout.policy import Analysis, TransitionKind, format_duration
 from gitops_rollout.state import PREFIX
 from gitops_rollout.transitions import RoutePlan, Transition
 
@@ -223,6 +226,244 @@ def _evidence(t: Transition) -> str:
     checks = getattr(t.verdict, "checks", None) if t.verdict is not None else None
     if not checks:
         return ""
+    if not all(isinstance(c, Check) for c in checks):
+        return _loose_evidence(checks)
+    return _check_evidence(t, tuple(checks))
+
+
+# -- evidence ----------------------------------------------------------------------------------
+
+_COMPARED = {
+    Comparison.RELATIVE: "ratio to baseline",
+    Comparison.UPPER_LIMIT: "upper limit",
+    Comparison.LOWER_LIMIT: "lower limit",
+    Comparison.REWARD: "reward vs baseline",
+    Comparison.TRAFFIC_SPLIT: "traffic split",
+}
+_MARK = {
+    CheckVerdict.PASS: "✅ pass",
+    CheckVerdict.FAIL: "❌ fail",
+    CheckVerdict.UNDECIDED: "⏳ undecided",
+    CheckVerdict.NO_DATA: "⚠️ no data",
+}
+_GUARDS = (Comparison.RELATIVE, Comparison.UPPER_LIMIT, Comparison.LOWER_LIMIT)
+"""Guardrail tests: the ones that share the rollback alpha."""
+
+
+def _check_evidence(t: Transition, checks: tuple[Check, ...]) -> str:
+    """The analysis' checks: per metric and version the estimates, the confidence bounds and
+    what they must beat, the verdict, the counts it rests on, and why in a sentence."""
+    s = t.situation
+    baseline = s.primary.version if s.primary is not None else "baseline"
+    rows = [
+        "#### Evidence",
+        "",
+        *_evidence_intro(t, checks),
+        "",
+        f"| metric | version | compared with | baseline ({_text(baseline)}) | candidate "
+        "| bounds | pass / fail when | verdict | counts (baseline / candidate) |",
+        "|---|---|---|---:|---:|---|---|---|---|",
+    ]
+    for c in checks:
+        base, cand = _estimate(c, c.baseline), _estimate(c, c.candidate)
+        if c.comparison is Comparison.TRAFFIC_SPLIT:
+            base, cand = f"configured {base}", f"observed {cand}"
+        cells = (
+            c.metric,
+            c.version,
+            _COMPARED[c.comparison],
+            base,
+            cand,
+            _bounds(c),
+            _thresholds(c),
+            _MARK[c.verdict],
+            _counts(c, t),
+        )
+        rows.append("| " + " | ".join(_text(cell) for cell in cells) + " |")
+    rows += ["", "Why, per check:", ""]
+    rows += [
+        f"- **{_text(c.metric)}** ({_text(c.version)}): {_text(_why(c, baseline))}" for c in checks
+    ]
+    return "\n".join(rows)
+
+
+def _evidence_intro(t: Transition, checks: tuple[Check, ...]) -> list[str]:
+    analysis_spec = t.situation.policy.spec.analysis
+    verdict = t.verdict if isinstance(t.verdict, Verdict) else None
+    used = max((c.tally.intervals for c in checks), default=0)
+    every = format_duration(analysis_spec.interval) if analysis_spec else "?"
+    tested = _plural(used, "interval")
+    out = [f"Counts since the rollout started: {tested} of {every} entered the tests"]
+    if verdict is not None:
+        warmup = []
+        if analysis_spec is not None and analysis_spec.warmup:
+            warmup.append(f"warmup {format_duration(analysis_spec.warmup)}")
+        if analysis_spec is not None and analysis_spec.warmup_requests:
+            warmup.append(f"warmupRequests {analysis_spec.warmup_requests}")
+        declared = f" (policy: {', '.join(warmup)})" if warmup else ""
+        left = _plural(verdict.excluded_intervals, "interval")
+        out[0] += f"; {left} left out as the candidate's warm-up{declared}."
+        guards = [c for c in checks if c.comparison in _GUARDS]
+        if verdict.alpha > 0:
+            split = verdict.alpha / max(len(guards), 1)
+            tests = _plural(len(guards), "rollback test")
+            out += [
+                "",
+                "Bounds are anytime-valid (they hold however often the rollout is looked at): "
+                f"a check passes when its bound clears the line at {confidence(verdict.alpha)} "
+                f"confidence, and fails (rolling back) at {confidence(split)} each, the "
+                f"policy's alpha {verdict.alpha:g} shared by {tests}.",
+            ]
+    else:
+        out[0] += "."
+    return out
+
+
+def _estimate(c: Check, x: float | None) -> str:
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    return value(c, x)
+
+
+def _bound(c: Check, x: float | None) -> str:
+    if x is None or not math.isfinite(x):
+        return "?"
+    if c.comparison is Comparison.RELATIVE:
+        return f"{x:.2f}x"
+    if c.comparison is Comparison.REWARD:
+        return f"{x:+.4g}"
+    return value(c, x)
+
+
+def _bounds(c: Check) -> str:
+    if c.comparison is Comparison.TRAFFIC_SPLIT or (c.lower is None and c.upper is None):
+        return "n/a"
+    return f"{_bound(c, c.lower)} to {_bound(c, c.upper)}"
+
+
+def _thresholds(c: Check) -> str:
+    limit, fail_at = _bound(c, c.limit), _bound(c, c.fail_at)
+    if c.comparison in (Comparison.RELATIVE, Comparison.UPPER_LIMIT):
+        return f"passes with upper bound below {limit}, fails with lower bound above {fail_at}"
+    if c.comparison is Comparison.LOWER_LIMIT:
+        return f"passes with lower bound above {limit}, fails with upper bound below {fail_at}"
+    if c.comparison is Comparison.REWARD:
+        return "wins with lower bound above 0 against every arm; out when proven below another"
+    return "fails when far from the configured share (sample-ratio test at alpha 0.001)"
+
+
+def _counts(c: Check, t: Transition) -> str:
+    tally = c.tally
+    requests = "requests"
+    spec = t.situation.policy.spec.analysis
+    if c.unit == "ratio" or (
+        c.comparison is Comparison.REWARD and spec and _per_denominator(c, spec)
+    ):
+        requests = "denominator"
+    parts = [
+        _plural(tally.intervals, "interval"),
+        f"{requests} {_count(tally.baseline_requests)} / {_count(tally.candidate_requests)}",
+    ]
+    if tally.baseline_events is not None or tally.candidate_events is not None:
+        parts.append(
+            f"{_events(c)} {_count(tally.baseline_events)} / {_count(tally.candidate_events)}"
+        )
+    return "; ".join(parts)
+
+
+def _per_denominator(c: Check, spec: Analysis) -> bool:
+    """Whether a reward is counted per its own denominator rather than per request."""
+    custom = next((m for m in spec.metrics if m.name == c.metric), None)
+    return custom is not None and custom.denominator is not None
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _events(c: Check) -> str:
+    if c.metric == "error-rate":
+        return "errors"
+    if c.metric.endswith("-latency"):
+        return "slow requests"
+    return "events"
+
+
+def _count(x: float | None) -> str:
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.2f}"
+
+
+def _why(c: Check, baseline: str) -> str:
+    """The check's finding in one plain sentence."""
+    what = f"{c.metric} of {c.version}"
+    if c.metric.endswith("-latency") and c.unit == "fraction of requests":
+        # Tail latency is tested as the share of requests beyond a bucket edge (the note).
+        what = f"the share of {c.version}'s slow requests ({c.metric})"
+    measured = f"{_estimate(c, c.candidate)} against {baseline}'s {_estimate(c, c.baseline)}"
+    note = f" ({c.note})" if c.note and not c.note.startswith("bounds are on") else ""
+    note = note.replace("<=", "≤").replace(">=", "≥")
+    if c.verdict is CheckVerdict.NO_DATA:
+        return f"no data, so it can neither pass nor fail: {c.note or 'not found in the metrics'}."
+    if c.comparison is Comparison.TRAFFIC_SPLIT:
+        if c.verdict is CheckVerdict.FAIL:
+            return (
+                f"{c.note}: traffic is not split as configured, so no comparison is trusted "
+                "until the routing is fixed."
+            )
+        return f"{c.note}: consistent with the configured split."
+    if c.comparison is Comparison.REWARD:
+        diff = f"{_bound(c, c.lower)} to {_bound(c, c.upper)}"
+        if c.verdict is CheckVerdict.PASS:
+            return f"{c.version} has the best {c.metric}: {measured}; the difference is {diff}."
+        if c.verdict is CheckVerdict.FAIL:
+            return (
+                f"{c.version} is out: proven worse than another arm on {c.metric}, or it "
+                f"failed a guardrail ({measured})."
+            )
+        return f"no winner yet on {c.metric}: {measured}; the difference is {diff}."
+    if c.comparison is Comparison.RELATIVE:
+        if c.verdict is CheckVerdict.PASS:
+            return (
+                f"{what} is at most {_bound(c, c.upper)} {baseline}'s ({measured}), inside the "
+                f"margin of {_bound(c, c.limit)}{note}."
+            )
+        if c.verdict is CheckVerdict.FAIL:
+            return (
+                f"{what} is at least {_bound(c, c.lower)} {baseline}'s ({measured}), beyond the "
+                f"rollback margin of {_bound(c, c.fail_at)}: it is worse{note}."
+            )
+        if c.upper is None:
+            return (
+                f"{what} needs more data to be shown below {_bound(c, c.limit)} {baseline}'s "
+                f"({measured}){note}."
+            )
+        return (
+            f"{what} is between {_bound(c, c.lower)} and {_bound(c, c.upper)} {baseline}'s "
+            f"({measured}): not yet shown inside the margin of {_bound(c, c.limit)}, nor worse "
+            f"than the rollback margin of {_bound(c, c.fail_at)}{note}."
+        )
+    upper = c.comparison is Comparison.UPPER_LIMIT
+    side, line = ("upper", "below") if upper else ("lower", "above")
+    own = f"{_estimate(c, c.candidate)} measured"
+    if c.verdict is CheckVerdict.PASS:
+        bound = f"at most {_bound(c, c.upper)}" if upper else f"at least {_bound(c, c.lower)}"
+        return f"{what} is {bound} ({own}), {line} its {side} limit of {_bound(c, c.limit)}{note}."
+    if c.verdict is CheckVerdict.FAIL:
+        bound = f"at least {_bound(c, c.lower)}" if upper else f"at most {_bound(c, c.upper)}"
+        crossed = "above" if upper else "below"
+        return (
+            f"{what} is {bound} ({own}), {crossed} its {side} limit of {_bound(c, c.limit)}{note}."
+        )
+    return (
+        f"{what} is between {_bound(c, c.lower)} and {_bound(c, c.upper)} ({own}): not yet "
+        f"shown {line} its {side} limit of {_bound(c, c.limit)}{note}."
+    )
+
+
+def _loose_evidence(checks: Sequence[object]) -> str:
+    """Checks of another verdict type than the analysis stage's, read by field name."""
     rows = [
         "#### Evidence",
         "",

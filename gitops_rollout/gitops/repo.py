@@ -253,11 +253,32 @@ class _Commit:
     message: bytes
 
 
+class SigningFormat(StrEnum):
+    """git's ``gpg.format``: the kind of key that signs the bot's commits."""
+
+    OPENPGP = "openpgp"
+    SSH = "ssh"
+
+
+@dataclass(frozen=True)
+class Signing:
+    """How the bot signs its commits, so that Flux ``verify`` or Argo CD's signature keys can
+    trust them. git signs through gpg or ``ssh-keygen -Y sign``; nothing here sees the key."""
+
+    key: str
+    """git's ``-S<key>``: an OpenPGP key id or fingerprint; for ssh, the private key's file
+    (or ``key::<public key>`` with the private key in ssh-agent)."""
+    format: SigningFormat = SigningFormat.OPENPGP
+
+
 @dataclass
 class _Options:
     base: str
     identity: Identity
     env: dict[str, str] = field(default_factory=dict)
+    credentials: Callable[[], Mapping[str, str]] | None = None
+    """Environment that authenticates network calls (fetch, push), asked for anew each time."""
+    signing: Signing | None = None
     sleep: Callable[[float], None] = time.sleep
     rng: random.Random = field(default_factory=random.Random)
     max_attempts: int = 5
@@ -289,6 +310,8 @@ class Workspace:
         base: str = "main",
         identity: Identity | None = None,
         env: Mapping[str, str] | None = None,
+        credentials: Callable[[], Mapping[str, str]] | None = None,
+        signing: Signing | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         max_attempts: int = 5,
@@ -298,9 +321,11 @@ class Workspace:
 
         Credentials in an HTTPS URL are moved into this process's environment for git
         (``http.extraHeader``), so they are never written to the cache's config, to argv or
-        to logs. `env` adds variables for every git call (e.g. ``GIT_ASKPASS``). `sleep` and
-        `rng` are injectable so tests do not wait. Raises GitWriteError when another process
-        holds the cache.
+        to logs. `env` adds variables for every git call (e.g. ``GIT_ASKPASS``);
+        `credentials` adds variables to fetches and pushes only, asked for before each (a
+        host's token, which may rotate: `gitops.hosts.git_credentials`). With `signing`, every
+        commit is signed (`Signing`). `sleep` and `rng` are injectable so tests do not wait.
+        Raises GitWriteError when another process holds the cache.
         """
         if "://" not in remote and Path(remote).exists():
             remote = str(Path(remote).resolve())
@@ -309,6 +334,8 @@ class Workspace:
             base=base,
             identity=identity or Identity(),
             env={**auth, **(env or {})},
+            credentials=credentials,
+            signing=signing,
             sleep=sleep,
             rng=rng or random.Random(),  # noqa: S311 (backoff jitter, not secrets)
             max_attempts=max(1, max_attempts),
@@ -432,7 +459,8 @@ class Workspace:
         base instead, 10,000 commits in a 10,000-model folder wrote 3 GB of whole trees). The
         second gives each tree its real parent (the base) and message. An empty change set
         gives an "empty" result (its parent) and writes nothing. Author and committer are the
-        bot identity, dated `now`.
+        bot identity, dated `now`. fast-import cannot sign: with a signing key the second run
+        is replaced by one signed ``git commit-tree`` per commit.
         """
         base = self.base_sha
         branches = [r.branch for r in requests]
@@ -453,10 +481,17 @@ class Workspace:
                 )
                 tree_ids = self._resolve([f"{sha}^{{tree}}" for sha in chain])
                 tree_list = [tree_ids[f"{sha}^{{tree}}"] or "" for sha in chain]
-                final = self._fast_import(
-                    Path(tmp),
-                    _commit_stream([r for _, r in todo], tree_list, base=base, signature=signature),
-                )
+                if self._o.signing is None:
+                    final = self._fast_import(
+                        Path(tmp),
+                        _commit_stream(
+                            [r for _, r in todo], tree_list, base=base, signature=signature
+                        ),
+                    )
+                else:
+                    final = self._signed_commits(
+                        [r for _, r in todo], tree_list, base=base, now=now, signing=self._o.signing
+                    )
             for (i, _), sha, tree in zip(todo, final, tree_list, strict=True):
                 shas[i], trees[i] = sha, tree
         built = [
@@ -465,6 +500,35 @@ class Workspace:
         ]
         log.debug("built %d commits on %s", len(todo), base[:12])
         return built
+
+    def _signed_commits(
+        self,
+        requests: Sequence[CommitRequest],
+        trees: Sequence[str],
+        *,
+        base: str,
+        now: datetime,
+        signing: Signing,
+    ) -> list[str]:
+        """Each tree as a signed commit on `base`: the same commit `_commit_stream` describes,
+        plus a ``gpgsig`` header made by gpg or ssh-keygen (one process per commit)."""
+        env = {**self._o.env, **self._o.identity.env(now)}
+        shas = []
+        for request, tree in zip(requests, trees, strict=True):
+            cmd = ["git", "--git-dir", str(self.git_dir), "-c", f"gpg.format={signing.format}"]
+            cmd += ["commit-tree", tree, "-p", base, f"-S{signing.key}", "-F", "-"]
+            with tempfile.TemporaryFile() as message:
+                message.write(request.message.render().encode())
+                message.seek(0)
+                code, out, err = self._exec(cmd, message, env)
+            if code != 0:
+                raise GitWriteError(
+                    f"cannot sign the commit for {request.branch} with the {signing.format} key "
+                    f"{signing.key!r}: {_redact(err)}; check GITOPS_ROLLOUT_SIGNING_KEY and "
+                    "GITOPS_ROLLOUT_SIGNING_FORMAT"
+                )
+            shas.append(out.decode().strip())
+        return shas
 
     def _fast_import(self, tmp: Path, stream: Iterable[bytes]) -> list[str]:
         """Run one fast-import over `stream`; the commit ids of marks :1..:n, in order."""
@@ -978,6 +1042,8 @@ class Workspace:
         cmd = ["git", "--git-dir", str(git_dir or self.git_dir), *args]
         env = dict(self._o.env)
         if network:
+            if self._o.credentials is not None:
+                env.update(self._o.credentials())
             # Fail instead of prompting for credentials on a terminal nobody watches.
             env.setdefault("GIT_TERMINAL_PROMPT", "0")
         with tempfile.TemporaryFile() as spool:

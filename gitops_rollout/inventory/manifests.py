@@ -33,7 +33,7 @@ from gitops_rollout.inventory.model import (
     ServicePort,
     Status,
 )
-from gitops_rollout.tree import Tree
+from gitops_rollout.tree import Tree, read_all
 from gitops_rollout.yamlsource import YamlProblem, load_documents, load_fast
 
 CLUSTERS = "clusters"
@@ -216,17 +216,19 @@ def scan(tree: Tree, *, cache: ManifestCache | None = None) -> tuple[Inventory, 
     service_index: dict[tuple[str, str], list[tuple[str, dict[str, str], tuple[ServicePort, ...]]]]
     service_index = {}
     pending: list[tuple[str, ModelVersion]] = []
+    files = []
     for path in tree.paths(CLUSTERS):
         if not path.endswith(_YAML) or is_bot_owned(path):
             continue
         parts = path.split("/")
         if len(parts) < 4 or parts[-1] in ("kustomization.yaml", "kustomization.yml"):
             continue
-        cluster, namespace = parts[1], parts[2]
-        key = (path, tree.blob_id(path))
+        files.append((path, parts[1], parts[2], (path, tree.blob_id(path))))
+    texts = read_all(tree, [path for path, _, _, key in files if key not in cache.entries])
+    for path, cluster, namespace, key in files:
         parsed = cache.entries.get(key)
         if parsed is None:
-            parsed = _parse_file(tree.read(path), file=path, namespace=namespace)
+            parsed = _parse_file(texts[path], file=path, namespace=namespace)
             cache.entries[key] = parsed
         problems.extend(parsed.problems)
         for version in parsed.versions:

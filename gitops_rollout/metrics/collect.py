@@ -9,7 +9,8 @@ namespace; counting starts at the first boundary after ``since``.
 Per raw counter (one process, one status code, one bucket), over each interval:
 
 - present at both ends: the difference, or the end value if it fell (the process restarted
-  and counts from zero again; what it counted before restarting is lost);
+  and counts from zero again; what it counted before restarting is lost, and the interval is
+  flagged `VersionSeries.reset`);
 - first seen at the end, never before (a new process, a first 5xx): the end value;
 - gone for good (a pod scaled away): nothing more;
 - absent at an end but present before and after (a scrape gap): the interval cannot be
@@ -182,6 +183,15 @@ def increments(values: Values) -> tuple[Values, Flags]:
     return inc, gap
 
 
+def fell(values: Values) -> Flags:
+    """Intervals (after the look-back instant) in which a raw counter fell: its process
+    restarted, and what it counted since the interval began is lost."""
+    start, end = values[1:-1], values[2:]
+    both = ~np.isnan(start) & ~np.isnan(end)
+    out: Flags = both & (np.nan_to_num(end) < np.nan_to_num(start))
+    return out
+
+
 def _custom_names(rollout: RolloutRef, reading: Reading) -> list[str]:
     names: list[str] = []
     for metric in rollout.metrics:
@@ -202,6 +212,7 @@ def _version_series(
     builtin = [r for r in raws if r.counter.kind is not CounterKind.CUSTOM]
     observed = np.zeros(k + 2, dtype=np.bool_)
     missing = np.zeros(k, dtype=np.bool_)
+    reset = np.zeros(k, dtype=np.bool_)
     sums: dict[CounterKind, Values] = {
         kind: np.zeros(k, dtype=np.float64)
         for kind in (CounterKind.REQUESTS, CounterKind.ERRORS, CounterKind.LATENCY_SUM_MS)
@@ -211,6 +222,7 @@ def _version_series(
         observed |= ~np.isnan(raw.values)
         inc, gap = increments(raw.values)
         missing |= gap
+        reset |= fell(raw.values)
         if raw.counter.kind is CounterKind.BUCKET:
             buckets.setdefault(raw.key, {})[raw.counter.arg] = inc
         else:
@@ -229,6 +241,7 @@ def _version_series(
         buckets=bucket_counts * keep[:, None],
         custom=custom,
         missing=missing,
+        reset=reset & keep,
     )
 
 

@@ -39,6 +39,9 @@ class VersionSeries:
     custom: dict[str, Counts] = field(default_factory=dict)
     """Policy metrics and rewards by name (for ratio metrics: ``name`` and ``name/denominator``)."""
     missing: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    reset: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    """Intervals in which a built-in counter fell (its process restarted): what it counted
+    between the interval's start and the restart is lost, so the counts there are short."""
 
     @property
     def intervals(self) -> int:

@@ -368,11 +368,25 @@ def custom_queries(rollout: RolloutRef) -> list[CustomQuery]:
 
 
 def custom_owner(query: CustomQuery, labels: Mapping[str, str]) -> VersionRef | None:
-    """The version a series of `query` belongs to, if any."""
+    """The version a series of `query` belongs to, if any.
+
+    The ``versionLabel`` label's value is the version label, or else names the one version
+    running in that namespace (``kubernetes_namespace`` for Seldon deployments kept in
+    separate namespaces) or under that workload name (``destination_workload``).
+    """
     if len(query.versions) == 1:
         return query.versions[0]
     value = labels.get(query.version_label)
-    return next((v for v in query.versions if v.version == value), None)
+    if value is None:
+        return None
+    for found in (
+        [v for v in query.versions if v.version == value],
+        [v for v in query.versions if v.namespace == value],
+        [v for v in query.versions if v.name == value],
+    ):
+        if len(found) == 1:
+            return found[0]
+    return None
 
 
 def substitute(expr: str, *, namespace: str, model: str, version: str | None) -> str:

@@ -242,11 +242,12 @@ def test_prefix_and_base_filter_newest_first(host: LocalHost, remote: Remote) ->
 
 
 def test_registry_builds_the_local_host_and_refuses_unknown_kinds(remote: Remote) -> None:
-    assert sorted(HOSTS) == ["local"]
+    assert sorted(HOSTS) == ["gitea", "github", "gitlab", "local"]
     host = make_host("local", HostConfig(remote=str(remote.path)))
     assert isinstance(host, LocalHost)
     with pytest.raises(
-        UnknownHostError, match="unknown host kind 'gitbucket'; use one of: local"
+        UnknownHostError,
+        match="unknown host kind 'gitbucket'; use one of: gitea, github, gitlab, local",
     ) as err:
         make_host("gitbucket", HostConfig(remote=str(remote.path)))
     assert err.value.exit_code == 1

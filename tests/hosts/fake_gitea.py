@@ -31,12 +31,17 @@ class FakeGitea(FakeServer):
         self.route("GET", f"{REPO}/pulls/{n}", lambda r, m: self._get(m))
         self.route("PATCH", f"{REPO}/pulls/{n}", self._edit)
         self.route("POST", f"{REPO}/pulls/{n}/merge", self._merge)
+        self.route("DELETE", f"{REPO}/pulls/{n}/merge", self._cancel_merge)
         self.route("POST", f"{REPO}/pulls/{n}/requested_reviewers", self._reviewers)
         self.route("GET", f"{REPO}/labels", self._list_labels)
         self.route("POST", f"{REPO}/labels", self._create_label)
         self.route("POST", f"{REPO}/issues/{n}/labels", self._add_labels)
         self.route("POST", f"{REPO}/issues/{n}/comments", self._comment)
+        self.route("GET", f"{REPO}/issues/{n}/comments", self._comments)
         self.route("GET", f"{REPO}/commits/([0-9a-f]+)/status", self._status)
+
+    def refresh(self) -> None:
+        self.store.sync()
 
     def unauthorized(self) -> Reply:
         return Reply(401, {"message": "token is required", "url": f"{self.url}/api/swagger"})
@@ -182,8 +187,15 @@ class FakeGitea(FakeServer):
         if reason:
             return Reply(405, {"message": refusals[reason]})
         message = f"{body.get('MergeTitleField', '')}\n\n{body.get('MergeMessageField', '')}"
-        self.store.merge(pull, message.strip())
+        self.store.merge(pull, message.strip(), by=self.login(request))
         return Reply(200)
+
+    def _cancel_merge(self, request: Request, match: re.Match[str]) -> Reply:
+        pull = self._pull(match[1])
+        if pull is None or not pull.auto_merge:
+            return self._not_found()
+        pull.auto_merge = False
+        return Reply(204)
 
     def _reviewers(self, request: Request, match: re.Match[str]) -> Reply:
         pull = self._pull(match[1])
@@ -227,6 +239,19 @@ class FakeGitea(FakeServer):
         text = request.json()["body"]
         pull.comments.append(text)
         return Reply(201, {"id": len(pull.comments), "body": text, "user": {"login": "bot"}})
+
+    def _comments(self, request: Request, match: re.Match[str]) -> Reply:
+        pull = self._pull(match[1])
+        if pull is None:
+            return self._not_found()
+        # Gitea lists every comment of an issue in one answer (since/before, no pages).
+        return Reply(
+            200,
+            [
+                {"id": i + 1, "body": text, "user": {"login": "bot"}}
+                for i, text in enumerate(pull.comments)
+            ],
+        )
 
     def _status(self, request: Request, match: re.Match[str]) -> Reply:
         pull = self.store.by_sha(match[1])

@@ -46,10 +46,14 @@ class FakeGitHub(FakeServer):
         self.route("POST", f"{REPO}/pulls/{n}/requested_reviewers", self._reviewers)
         self.route("POST", f"{REPO}/issues/{n}/labels", self._labels)
         self.route("POST", f"{REPO}/issues/{n}/comments", self._comment)
+        self.route("GET", f"{REPO}/issues/{n}/comments", self._comments)
         self.route("GET", f"{REPO}/commits/([0-9a-f]+)/status", self._status)
         self.route("GET", f"{REPO}/commits/([0-9a-f]+)/check-runs", self._check_runs)
         self.route("POST", "/graphql", self._graphql)
         self.route("POST", r"/app/installations/(\d+)/access_tokens", self._mint)
+
+    def refresh(self) -> None:
+        self.store.sync()
 
     def unauthorized(self) -> Reply:
         return Reply(401, {"message": "Bad credentials", "documentation_url": DOCS})
@@ -211,7 +215,7 @@ class FakeGitHub(FakeServer):
                 405, {"message": "Pull Request is not mergeable", "documentation_url": DOCS}
             )
         message = f"{body.get('commit_title', '')}\n\n{body.get('commit_message', '')}"
-        sha = self.store.merge(pull, message.strip())
+        sha = self.store.merge(pull, message.strip(), by=self.login(request))
         return Reply(
             200, {"sha": sha, "merged": True, "message": "Pull Request successfully merged"}
         )
@@ -264,6 +268,25 @@ class FakeGitHub(FakeServer):
             },
         )
 
+    def _comment_json(self, pull: FakePull, index: int) -> dict[str, Any]:
+        return {
+            "id": index + 1,
+            "body": pull.comments[index],
+            "user": {"login": "gitops-rollout[bot]"},
+            "html_url": f"https://github.example/{OWNER}/{NAME}/pull/{pull.number}",
+            "created_at": "2024-05-01T10:00:00Z",
+            "updated_at": "2024-05-01T10:00:00Z",
+        }
+
+    def _comments(self, request: Request, match: re.Match[str]) -> Reply:
+        pull = self._pull(match[1])
+        if pull is None:
+            return self._not_found()
+        every = [self._comment_json(pull, i) for i in range(len(pull.comments))]
+        items, number, count = self.page(request, every, size_param="per_page", default_size=30)
+        headers = {"Link": self.link_header(request, number, count)} if count > 1 else {}
+        return Reply(200, items, headers)
+
     def _status(self, request: Request, match: re.Match[str]) -> Reply:
         pull = self.store.by_sha(match[1])
         checks = pull.checks if pull else "none"
@@ -292,6 +315,20 @@ class FakeGitHub(FakeServer):
 
     def _graphql(self, request: Request, _: re.Match[str]) -> Reply:
         query = request.json()
+        if "disablePullRequestAutoMerge" in query.get("query", ""):
+            node = query["variables"]["input"]["pullRequestId"]
+            pull = self._pull(node.removeprefix("PR_"))
+            if pull is not None:
+                pull.auto_merge = False
+            actor = {"avatarUrl": "", "login": "x", "resourcePath": "/x", "url": "https://x"}
+            return Reply(
+                200,
+                {
+                    "data": {
+                        "disablePullRequestAutoMerge": {"actor": actor, "clientMutationId": None}
+                    }
+                },
+            )
         if "enablePullRequestAutoMerge" not in query.get("query", ""):
             return Reply(200, {"errors": [{"message": "unsupported query in the fake"}]})
         node = query["variables"]["input"]["pullRequestId"]

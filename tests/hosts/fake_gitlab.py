@@ -32,8 +32,13 @@ class FakeGitLab(FakeServer):
         self.route("GET", f"{MRS}/{n}", lambda r, m: self._get(m))
         self.route("PUT", f"{MRS}/{n}", self._update)
         self.route("PUT", f"{MRS}/{n}/merge", self._merge)
+        self.route("POST", f"{MRS}/{n}/cancel_merge_when_pipeline_succeeds", self._cancel_mwps)
         self.route("POST", f"{MRS}/{n}/notes", self._note)
+        self.route("GET", f"{MRS}/{n}/notes", self._notes)
         self.route("GET", "/api/v4/users", self._users)
+
+    def refresh(self) -> None:
+        self.store.sync()
 
     def unauthorized(self) -> Reply:
         return Reply(401, {"message": "401 Unauthorized"})
@@ -198,8 +203,19 @@ class FakeGitLab(FakeServer):
             return Reply(200, self.mr_json(pull, detailed=True))
         if reason:
             return Reply(405, {"message": "405 Method Not Allowed"})
-        self.store.merge(pull, str(request.arg("merge_commit_message") or ""))
+        self.store.merge(
+            pull, str(request.arg("merge_commit_message") or ""), by=self.login(request)
+        )
         return Reply(200, self.mr_json(pull, detailed=True))
+
+    def _cancel_mwps(self, request: Request, match: re.Match[str]) -> Reply:
+        pull = self._pull(match[1])
+        if pull is None:
+            return self._not_found()
+        if not pull.auto_merge:
+            return Reply(406, {"message": "406 Not Acceptable"})
+        pull.auto_merge = False
+        return Reply(201, self.mr_json(pull, detailed=True))
 
     def _note(self, request: Request, match: re.Match[str]) -> Reply:
         pull = self._pull(match[1])
@@ -220,6 +236,30 @@ class FakeGitLab(FakeServer):
                 "noteable_iid": pull.number,
             },
         )
+
+    def _notes(self, request: Request, match: re.Match[str]) -> Reply:
+        pull = self._pull(match[1])
+        if pull is None:
+            return self._not_found()
+        # GitLab adds its own system notes; the host must leave them out.
+        every = [
+            {"id": 1, "body": "added 1 commit", "system": True, "author": {"username": "bot"}}
+        ] + [
+            {"id": i + 2, "body": text, "system": False, "author": {"username": "bot"}}
+            for i, text in enumerate(pull.comments)
+        ]
+        if request.param("sort", "desc") == "desc":
+            every.reverse()
+        items, number, count = self.page(request, every, size_param="per_page", default_size=20)
+        headers = {
+            "X-Page": str(number),
+            "X-Total-Pages": str(count),
+            "X-Next-Page": str(number + 1) if number < count else "",
+        }
+        link = self.link_header(request, number, count)
+        if link:
+            headers["Link"] = link
+        return Reply(200, items, headers)
 
     def _users(self, request: Request, _: re.Match[str]) -> Reply:
         name = request.param("username")

@@ -2,11 +2,15 @@
 
 Runs `http.server` in a thread on a free port, checks the Authorization header, records every
 request, injects faults (an error answer or a stall for the next N matching requests) and
-dispatches to the routes a fake registers. The fakes hold the API shapes; this holds the plumbing.
+dispatches to the routes a fake registers. With a `fake_git.GitRemote` attached it also serves
+that repository to git over smart HTTP (Basic authentication with a token as the password). The
+fakes hold the API shapes; this holds the plumbing.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import threading
@@ -14,8 +18,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
+
+if TYPE_CHECKING:
+    from .fake_git import GitRemote
 
 
 @dataclass
@@ -67,6 +74,10 @@ class FakeServer:
 
     def __init__(self, *, tokens: set[str]) -> None:
         self.tokens = tokens
+        self.logins: dict[str, str] = {}
+        """Who each token belongs to (merges record it); unnamed tokens are the bot's."""
+        self.git: GitRemote | None = None
+        """A repository served over smart HTTP and merged into for real, when a test sets one."""
         self.requests: list[Request] = []
         self.errors: list[BaseException] = []
         """Exceptions raised by the fake's own handlers (answered 500); a test bug if any."""
@@ -117,6 +128,27 @@ class FakeServer:
     def unauthorized(self) -> Reply:
         return Reply(401, {"message": "Bad credentials"})
 
+    def login(self, request: Request) -> str:
+        """The account behind the request's token (the bot unless `logins` names another)."""
+        token = request.headers.get("authorization", "").partition(" ")[2]
+        token = request.headers.get("private-token", token)
+        return self.logins.get(token, "gitops-rollout-bot")
+
+    def refresh(self) -> None:
+        """Called under the lock before each API request: bring stored state up to date (a
+        fake backed by a real repository follows its branches here)."""
+
+    def _serve_git(self, request: Request) -> Reply:
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        try:
+            user, _, token = base64.b64decode(credentials).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            user, token = "", ""
+        if scheme.lower() != "basic" or token not in self.tokens:
+            return Reply(401, b"", {"WWW-Authenticate": 'Basic realm="fake"'})
+        assert self.git is not None
+        return self.git.serve(request, user=self.logins.get(token, user))
+
     def authorized(self, request: Request) -> bool:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
@@ -163,6 +195,9 @@ class FakeServer:
             if fault.reply is not None:
                 return fault.reply
             time.sleep(fault.stall)
+        if self.git is not None and self.git.serves(request.path):
+            with self._lock:
+                return self._serve_git(request)
         if not self.authorized(request):
             return self.unauthorized()
         for method, pattern, handler in self._routes:
@@ -170,6 +205,7 @@ class FakeServer:
             if method == request.method and match:
                 with self._lock:
                     try:
+                        self.refresh()
                         return handler(request, match)
                     except Exception as err:
                         self.errors.append(err)
@@ -184,13 +220,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         fake: FakeServer = self.server.fake  # type: ignore[attr-defined]
         parts = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
         request = Request(
             method=self.command,
             path=parts.path,
             query=parse_qs(parts.query),
             headers={key.lower(): value for key, value in self.headers.items()},
-            body=self.rfile.read(length) if length else b"",
+            body=self._body(),
         )
         reply = fake.dispatch(request)
         if reply.body is None:
@@ -201,7 +236,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             payload = json.dumps(reply.body).encode()
         try:
             self.send_response(reply.status)
-            if payload:
+            if payload and not any(k.lower() == "content-type" for k in reply.headers):
                 self.send_header("Content-Type", "application/json; charset=utf-8")
             for key, value in reply.headers.items():
                 self.send_header(key, value)
@@ -211,6 +246,20 @@ class _RequestHandler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             # The client gave up (a timeout test); nothing to answer.
             self.close_connection = True
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else b""
+        # git sends large packs in chunks.
+        chunks: list[bytes] = []
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                self.rfile.readline()
+                return b"".join(chunks)
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 

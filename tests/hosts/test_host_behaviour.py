@@ -108,6 +108,14 @@ def test_comment(case: HostCase) -> None:
     assert case.store.pulls[pull.number].comments == ["Paused: candidate error rate above bound."]
 
 
+def test_comments_are_read_back_oldest_first_across_pages(case: HostCase) -> None:
+    pull = case.host.open_or_update(draft())
+    for n in range(5):
+        case.host.comment(pull.number, f"note {n} <!-- marker {n} -->")
+
+    assert case.host.comments(pull.number) == [f"note {n} <!-- marker {n} -->" for n in range(5)]
+
+
 def test_merge_when_ready_returns_the_merge_commit(case: HostCase) -> None:
     pull = case.host.open_or_update(draft())
 
@@ -178,6 +186,24 @@ def test_queued_merge_is_not_requested_twice(case: HostCase) -> None:
     assert again.queued and not again.merged
     if case.kind != "gitea":  # Gitea's pull request does not say it is scheduled; it answers 409
         assert len([r for r in case.fake.requests if r.method != "GET"]) == writes
+
+
+def test_new_content_cancels_a_merge_queued_for_the_old(case: HostCase) -> None:
+    """A step's auto-merge must not merge the promotion that replaced it in the same PR."""
+    pull = case.host.open_or_update(draft(title="rollout(wisdom): prod step 1/4 -> 10%"))
+    case.store.pulls[pull.number].checks = "pending"
+    assert case.host.merge(pull.number, message="step").queued
+    assert case.store.pulls[pull.number].auto_merge
+
+    case.host.open_or_update(draft(title="rollout(wisdom): prod promote v2", body="Promote."))
+
+    assert not case.store.pulls[pull.number].auto_merge
+    # Labels alone are no new content: a queued merge stays.
+    case.host.merge(pull.number, message="promote")
+    case.host.open_or_update(
+        draft(title="rollout(wisdom): prod promote v2", body="Promote.", labels=("extra",))
+    )
+    assert case.store.pulls[pull.number].auto_merge
 
 
 def test_head_moved_since_judged_is_refused(case: HostCase) -> None:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gitops_rollout.errors import HostError
-from gitops_rollout.gitops.hosts import HostConfig
+from gitops_rollout.gitops.hosts import HostConfig, git_credentials, make_host
 from gitops_rollout.gitops.hosts.auth import (
     FileToken,
     RedactingFilter,
@@ -320,6 +320,55 @@ def test_git_http_env_gives_git_the_token_without_argv_or_url(tmp_path: Path) ->
 
 
 # -- the registry's entry point ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "user"),
+    [("github", "x-access-token"), ("gitlab", "oauth2"), ("gitea", "gitops-rollout")],
+)
+def test_registry_builds_each_forge_from_the_environment(kind: str, user: str) -> None:
+    token = f"{kind}-registry-token-0123456789"
+    config = HostConfig(
+        remote=f"https://{kind}.example/acme/gitops.git",
+        api_url=f"https://{kind}.example/api",
+        environ={f"GITOPS_ROLLOUT_{kind.upper()}_TOKEN": token},
+    )
+    host = make_host(kind, config)
+
+    assert str(host) == f"{kind} acme/gitops"
+    environment = git_credentials(host, "https://bot:old@" + f"{kind}.example/acme/gitops.git")
+    assert environment is not None
+    env = environment()
+    # Keyed on the URL git is given once the workspace moved credentials out of it.
+    assert env["GIT_CONFIG_KEY_0"] == f"http.https://{kind}.example/acme/gitops.git.extraHeader"
+    header = env["GIT_CONFIG_VALUE_0"].removeprefix("Authorization: Basic ")
+    assert base64.b64decode(header).decode() == f"{user}:{token}"
+
+
+def test_registry_takes_the_repository_from_the_config() -> None:
+    host = make_host(
+        "gitlab",
+        HostConfig(
+            remote="git@gitlab-deploy:mirror.git",
+            api_url="https://gitlab.example.com",
+            repository="platform/ml/gitops",
+            token="cfg-token-0123456789",
+        ),
+    )
+
+    assert str(host) == "gitlab platform/ml/gitops"
+
+
+@pytest.mark.parametrize(
+    "remote",
+    ["git@github.com:acme/gitops.git", "ssh://git@github.com/acme/gitops.git"],
+    ids=["scp", "ssh-url"],
+)
+def test_ssh_remotes_get_no_token_from_us(remote: str) -> None:
+    host = make_host("github", HostConfig(remote=remote, token="cfg-token-0123456789"))
+
+    assert git_credentials(host, remote) is None
+
 
 FROM_CONFIG = [
     pytest.param(

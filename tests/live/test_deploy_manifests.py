@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import os
 import shutil
 import subprocess
@@ -239,7 +240,11 @@ def test_statefulset_shards_by_ordinal_and_takes_secrets_by_reference(
     assert sts["spec"]["replicas"] == 2
     assert int(env[SHARDS_ENV]["value"]) == sts["spec"]["replicas"]
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    for name in ("GITOPS_ROLLOUT_GIT_TOKEN", "GITOPS_ROLLOUT_HOST_TOKEN"):
+    # The token under the name the configured host reads (git over HTTPS uses it too).
+    host = importlib.import_module(
+        f"gitops_rollout.gitops.hosts.{one(built, 'ConfigMap')['data']['GITOPS_ROLLOUT_HOST']}"
+    )
+    for name in (f"{host.ENV_PREFIX}_TOKEN",):
         assert "value" not in env[name]
         assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "gitops-rollout-credentials"
     secretish = [e for e in env.values() if any(w in e["name"] for w in ("TOKEN", "PASSWORD"))]

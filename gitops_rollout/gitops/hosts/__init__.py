@@ -2,39 +2,26 @@
 
 `HOSTS` maps the ``--host`` value to a factory taking one `HostConfig`; adding a host is one
 entry here (its module provides ``from_config``). An unknown kind is refused loudly, never
-replaced by a default.
+replaced by a default. `git_credentials` gives git the same token the host's API calls use,
+for a remote reached over HTTP(S).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
 
 from gitops_rollout.errors import HostError
+from gitops_rollout.gitops.hosts.auth import TokenSource, git_http_env
 from gitops_rollout.gitops.hosts.base import GitHost
+from gitops_rollout.gitops.hosts.config import HostConfig
+from gitops_rollout.gitops.hosts.gitea import GiteaHost
+from gitops_rollout.gitops.hosts.github import GitHubHost
+from gitops_rollout.gitops.hosts.gitlab import GitLabHost
 from gitops_rollout.gitops.hosts.local import LocalHost
 
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class HostConfig:
-    """What any host needs to know to be reached; each host reads the fields it uses."""
-
-    remote: str
-    """The GitOps repository's remote: a bare repository path (local) or its clone URL."""
-    token: str | None = field(default=None, repr=False)
-    """API token (never logged, never rendered); None for the local host."""
-    api_url: str | None = None
-    """API base URL for self-hosted forges; None derives it from `remote`."""
-    user: str = "gitops-rollout"
-    """The account the bot acts as (comment author, merger)."""
-    clock: Callable[[], datetime] = _utcnow
-    """Time source for what the host records (the demo runs on a simulated clock)."""
+__all__ = ["HOSTS", "HostConfig", "UnknownHostError", "git_credentials", "make_host"]
 
 
 class HostFactory(Protocol):
@@ -43,6 +30,9 @@ class HostFactory(Protocol):
 
 HOSTS: dict[str, HostFactory] = {
     "local": LocalHost.from_config,
+    "github": GitHubHost.from_config,
+    "gitlab": GitLabHost.from_config,
+    "gitea": GiteaHost.from_config,
 }
 
 
@@ -60,3 +50,38 @@ def make_host(kind: str, config: HostConfig) -> GitHost:
         known = ", ".join(sorted(HOSTS))
         raise UnknownHostError(f"unknown host kind {kind!r}; use one of: {known}") from None
     return factory(config)
+
+
+@runtime_checkable
+class TokenHost(Protocol):
+    """A host whose API token also authenticates git over HTTPS (GitHub, GitLab, Gitea)."""
+
+    @property
+    def credentials(self) -> TokenSource: ...
+    @property
+    def git_username(self) -> str: ...
+
+
+def git_credentials(host: GitHost, remote: str) -> Callable[[], dict[str, str]] | None:
+    """Environment for git's network calls that sends `host`'s token to `remote`, or None.
+
+    None when git needs nothing from us: a local path, or an SSH remote (keys, ``ssh-agent``
+    and ``GIT_SSH_COMMAND`` come from the environment as usual). The token travels in an
+    ``http.<remote>.extraHeader`` set through ``GIT_CONFIG_*`` variables (`auth.git_http_env`):
+    never in git's argument list, the remote URL or the clone's config. A callable, because
+    GitHub App tokens rotate: the workspace asks again before each fetch and push.
+    """
+    parts = urlsplit(remote)
+    if parts.scheme not in ("http", "https") or not isinstance(host, TokenHost):
+        return None
+    # The URL git is given: credentials in it are moved out by the workspace, so the header
+    # must be keyed on the URL without them.
+    netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+    def environment() -> dict[str, str]:
+        return git_http_env(
+            remote_url=url, username=host.git_username, credentials=host.credentials
+        )
+
+    return environment

@@ -89,11 +89,21 @@ class GitHost(Protocol):
         """Open a pull request for `draft.head`, or update the open one's title, body, labels.
 
         Never opens a second open pull request for the same head ("already exists" is adopted).
+        Changing an open pull request cancels a merge queued on the host for its old content
+        (`merge` queues again when the new content may be merged).
         """
         ...
 
     def comment(self, number: int, body: str) -> None:
         """Add a comment to pull request `number`."""
+        ...
+
+    def comments(self, number: int) -> list[str]:
+        """The bodies of pull request `number`'s comments, oldest first (every author).
+
+        How the reconciler reports a hold or a human push once, not on every pass: it looks
+        for the marker it left in its own last comment.
+        """
         ...
 
     def merge(self, number: int, *, message: str) -> MergeResult:

@@ -40,8 +40,8 @@ from gitops_rollout.gitops.hosts.transport import (
     RateLimited,
     RemoteConfig,
     TokenAuth,
+    locate,
     make_session,
-    parse_remote,
     status_hint,
 )
 
@@ -118,18 +118,24 @@ class GiteaHost:
 
     @classmethod
     def from_config(cls, config: RemoteConfig) -> GiteaHost:
-        """The registry's entry: repository from the clone URL, API on the same host (set
-        `api_url` when Gitea is served below a path); token from the config, else the
+        """The registry's entry: repository from the config or the clone URL, API on the same
+        host (set `api_url` when Gitea is served below a path); token from the config, else the
         environment."""
-        remote = parse_remote(config.remote)
-        scheme = "http" if remote.scheme == "http" else "https"
-        api_url = config.api_url or f"{scheme}://{remote.host}"
+        repository, api_url = locate(
+            config,
+            api_of=lambda remote: (
+                f"{'http' if remote.scheme == 'http' else 'https'}://{remote.host}"
+            ),
+        )
         if config.token is None:
-            return cls.from_env(repository=remote.path, api_url=api_url)
+            return cls.from_env(
+                repository=repository, api_url=api_url, environ=config.environ, policy=config.http
+            )
         return cls(
-            repository=remote.path,
+            repository=repository,
             credentials=StaticToken(config.token, origin="the configured Gitea token"),
             api_url=api_url,
+            policy=config.http,
         )
 
     def __str__(self) -> str:
@@ -188,6 +194,13 @@ class GiteaHost:
     def comment(self, number: int, body: str) -> None:
         with self._failures(f"comment on pull request #{number}"):
             self._call("POST", f"/issues/{number}/comments", json={"body": redact(body)})
+
+    def comments(self, number: int) -> list[str]:
+        with self._failures(f"read the comments of pull request #{number}"):
+            return [
+                str(item.get("body") or "")
+                for item in self._pages(f"/issues/{number}/comments", {})
+            ]
 
     def merge(self, number: int, *, message: str) -> MergeResult:
         with self._failures(f"merge pull request #{number}"):
@@ -298,6 +311,7 @@ class GiteaHost:
         if changes:
             data = self._call("PATCH", f"/pulls/{number}", json=changes).json()
             log.info("%s: updated #%d (%s)", self, number, ", ".join(sorted(changes)))
+            self._cancel_scheduled_merge(number)
         pull = _parse(data)
         # Add the missing labels; never remove one (a human may have added it).
         missing = tuple(label for label in draft.labels if label not in pull.labels)
@@ -307,6 +321,18 @@ class GiteaHost:
             )
             pull = replace(pull, labels=(*pull.labels, *missing))
         return pull
+
+    def _cancel_scheduled_merge(self, number: int) -> None:
+        """Cancel a merge scheduled for the pull request's previous content; `merge` schedules
+        it again if the new content may be merged. Gitea's pull request does not say whether
+        one is scheduled: 404 means none was."""
+        try:
+            self._call("DELETE", f"/pulls/{number}/merge")
+        except _Refused as err:
+            if err.status != 404:
+                raise
+            return
+        log.info("%s: cancelled the scheduled merge of #%d", self, number)
 
     def _label_ids(self, names: tuple[str, ...]) -> list[int]:
         known = {str(label["name"]): int(label["id"]) for label in self._pages("/labels", {})}

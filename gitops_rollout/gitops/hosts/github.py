@@ -51,7 +51,7 @@ from gitops_rollout.gitops.hosts.transport import (
     HttpPolicy,
     RateLimited,
     RemoteConfig,
-    parse_remote,
+    locate,
     pause,
     raise_if_rate_limited,
     retry_arguments,
@@ -203,18 +203,24 @@ class GitHubHost:
 
     @classmethod
     def from_config(cls, config: RemoteConfig) -> GitHubHost:
-        """The registry's entry: repository from the clone URL, API on github.com or the
-        Enterprise server's ``/api/v3``; token from the config, else from the environment."""
-        remote = parse_remote(config.remote)
-        api_url = config.api_url or (
-            DEFAULT_API_URL if remote.host == "github.com" else f"https://{remote.host}/api/v3"
+        """The registry's entry: repository from the config or the clone URL, API on
+        github.com or the Enterprise server's ``/api/v3``; token from the config, else from the
+        environment."""
+        repository, api_url = locate(
+            config,
+            api_of=lambda remote: (
+                DEFAULT_API_URL if remote.host == "github.com" else f"https://{remote.host}/api/v3"
+            ),
         )
         if config.token is None:
-            return cls.from_env(repository=remote.path, api_url=api_url)
+            return cls.from_env(
+                repository=repository, api_url=api_url, environ=config.environ, policy=config.http
+            )
         return cls(
-            repository=remote.path,
+            repository=repository,
             credentials=StaticToken(config.token, origin="the configured GitHub token"),
             api_url=api_url,
+            policy=config.http,
         )
 
     def __str__(self) -> str:
@@ -262,6 +268,10 @@ class GitHubHost:
     def comment(self, number: int, body: str) -> None:
         with self._failures(f"comment on pull request #{number}"):
             self._issue(number).create_comment(redact(body))
+
+    def comments(self, number: int) -> list[str]:
+        with self._failures(f"read the comments of pull request #{number}"):
+            return [c.body or "" for c in self._issue(number).get_comments()]
 
     def merge(self, number: int, *, message: str) -> MergeResult:
         with self._failures(f"merge pull request #{number}"):
@@ -335,8 +345,14 @@ class GitHubHost:
             if old != new
         ]
         if changed:
+            queued = pr.auto_merge is not None
             pr.edit(title=draft.title, body=draft.body, base=draft.base)
             log.info("%s: updated #%d (%s)", self, pr.number, ", ".join(changed))
+            if queued:
+                # The auto-merge was for the previous decision; `merge` queues it again if the
+                # new one may be merged (a promotion that replaced a step may not).
+                pr.disable_automerge()
+                log.info("%s: cancelled the auto-merge of #%d", self, pr.number)
         labels = self._add_labels(pr.number, draft.labels, have=tuple(lb.name for lb in pr.labels))
         return replace(_parse(pr), labels=labels)
 

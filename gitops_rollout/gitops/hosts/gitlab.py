@@ -42,8 +42,8 @@ from gitops_rollout.gitops.hosts.transport import (
     RateLimited,
     RemoteConfig,
     TokenAuth,
+    locate,
     make_session,
-    parse_remote,
     status_hint,
 )
 
@@ -126,16 +126,18 @@ class GitLabHost:
 
     @classmethod
     def from_config(cls, config: RemoteConfig) -> GitLabHost:
-        """The registry's entry: project path from the clone URL, API on the same host;
-        token from the config, else from the environment."""
-        remote = parse_remote(config.remote)
-        api_url = config.api_url or f"https://{remote.host}"
+        """The registry's entry: project path from the config or the clone URL, API on the
+        same host; token from the config, else from the environment."""
+        project, api_url = locate(config, api_of=lambda remote: f"https://{remote.host}")
         if config.token is None:
-            return cls.from_env(project=remote.path, api_url=api_url)
+            return cls.from_env(
+                project=project, api_url=api_url, environ=config.environ, policy=config.http
+            )
         return cls(
-            project=remote.path,
+            project=project,
             credentials=StaticToken(config.token, origin="the configured GitLab token"),
             api_url=api_url,
+            policy=config.http,
         )
 
     def __str__(self) -> str:
@@ -194,6 +196,18 @@ class GitLabHost:
     def comment(self, number: int, body: str) -> None:
         with self._failures(f"comment on merge request !{number}"):
             self._mrs.get(number, lazy=True).notes.create({"body": redact(body)})
+
+    def comments(self, number: int) -> list[str]:
+        with self._failures(f"read the comments of merge request !{number}"):
+            notes = self._mrs.get(number, lazy=True).notes.list(
+                sort="asc", order_by="created_at", iterator=True
+            )
+            # System notes ("added 1 commit") are GitLab's, not anyone's comment.
+            return [
+                str(note.attributes.get("body") or "")
+                for note in notes
+                if not note.attributes.get("system")
+            ]
 
     def merge(self, number: int, *, message: str) -> MergeResult:
         with self._failures(f"merge merge request !{number}"):
@@ -262,6 +276,12 @@ class GitLabHost:
             return _parse(attrs)
         answer = self._mrs.update(attrs["iid"], changes)
         log.info("%s: updated !%d (%s)", self, attrs["iid"], ", ".join(sorted(changes)))
+        if attrs.get("merge_when_pipeline_succeeds") and changes.keys() - {"add_labels"}:
+            # Queued for the previous decision; `merge` queues it again if the new one may be
+            # merged (a promotion that replaced a step may not).
+            self._mrs.get(attrs["iid"], lazy=True).cancel_merge_when_pipeline_succeeds()
+            log.info("%s: cancelled the merge when pipeline succeeds of !%d", self, attrs["iid"])
+            answer = {**answer, "merge_when_pipeline_succeeds": False}
         return _parse(answer)
 
     def _user_ids(self, usernames: tuple[str, ...]) -> list[int]:

@@ -30,7 +30,9 @@ from gitops_rollout.gitops.hosts.base import MergeResult, PullRequest, PullReque
 from gitops_rollout.gitops.repo import Identity
 
 if TYPE_CHECKING:
-    from gitops_rollout.gitops.hosts import HostConfig
+    # The config module, not the registry: the registry imports every host, and the hosts
+    # must stay independent of each other (.importlinter).
+    from gitops_rollout.gitops.hosts.config import HostConfig
 
 PULLS_DIR = "gitops-rollout/pulls"
 """Where pull request records live, relative to the bare repository."""
@@ -270,6 +272,11 @@ class LocalHost:
             self._save(
                 replace(record, comments=(*record.comments, note), updated_at=note.created_at)
             )
+
+    def comments(self, number: int) -> list[str]:
+        """The bodies of pull request `number`'s comments, oldest first."""
+        with self._locked():
+            return [c.body for c in self._load(number).comments]
 
     def merge(self, number: int, *, message: str, by: str | None = None) -> MergeResult:
         """Merge like a host does: a merge commit made in the bare repository.
@@ -560,7 +567,21 @@ class LocalHost:
             merge_sha=record.merge_sha,
             url=f"{self.bare.as_uri()}#pull/{record.number}",
             labels=record.labels,
+            mergeable=self._mergeable(record),
         )
+
+    def _mergeable(self, record: PullRecord) -> bool | None:
+        """Whether an open pull request merges cleanly into its base now (as real hosts say)."""
+        if record.state is not PullState.OPEN:
+            return None
+        code, _, _ = self._git.run(
+            "merge-tree",
+            "--write-tree",
+            "--no-messages",
+            f"refs/heads/{record.base}",
+            record.head_sha,
+        )
+        return {0: True, 1: False}.get(code)
 
 
 def _iso(value: object) -> str:

@@ -235,6 +235,12 @@ class RemoteConfig(Protocol):
     def token(self) -> str | None: ...
     @property
     def api_url(self) -> str | None: ...
+    @property
+    def repository(self) -> str | None: ...
+    @property
+    def environ(self) -> Mapping[str, str] | None: ...
+    @property
+    def http(self) -> HttpPolicy | None: ...
 
 
 @dataclass(frozen=True)
@@ -270,6 +276,17 @@ def parse_remote(remote: str) -> Remote:
             "use a clone URL such as https://host/owner/name.git"
         )
     return Remote(scheme, host, path)
+
+
+def locate(config: RemoteConfig, *, api_of: Callable[[Remote], str]) -> tuple[str, str]:
+    """(repository, API URL) for a host: as configured, else from the clone URL.
+
+    A remote need not say either when both are configured (an SSH host alias, a mirror).
+    """
+    if config.repository and config.api_url:
+        return config.repository, config.api_url
+    remote = parse_remote(config.remote)
+    return config.repository or remote.path, config.api_url or api_of(remote)
 
 
 def status_hint(status: int | None, *, credentials: str) -> str:

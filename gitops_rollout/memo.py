@@ -1,0 +1,526 @@
+"""The pass memo: a rollout standing still is not planned again while nothing it depends on moved.
+
+Most of a large fleet is Idle with one version most of the time, yet every pass would parse its
+policy, read its routing file, decide, render and compare the result with the main branch, only
+to find nothing to do. After a pass, each policy whose every rollout stood still is remembered
+with the pass's decisions and a digest of everything those decisions were made from; a later
+pass (in any process: the memo is a file next to the workspace's clone) that finds the same
+digest reports the remembered decisions instead of making them again.
+
+Standing still means, for every cluster of the policy: the recorded phase and the decided one are
+time-independent (Idle, RolledBack, Paused), the decision is to do nothing or to hold, the
+rollout has no problems and is not waiting for a verdict, the rendered files equal the main
+branch's (no change set), and no pull request is open on its branch. Its digest covers:
+
+- the policy file's blob id (so its content and line numbers), the policy's name and clusters;
+- per cluster: whether the cluster can be reached (and why not), its manifest problems, every
+  version of the model as the inventory sees it (manifest fields and readiness), and the blob ids
+  of the rollout's bot-owned folder (its recorded state);
+- the set of cluster folders, and a fingerprint of this package's code (a new release or a local
+  change decides anew).
+
+An entry is also dropped when a pull request is open on the rollout's branch, and every
+remembered policy takes part in the uniqueness check of names and (cluster, model) pairs (a clash
+loads everything again). Time is not an input: the eligible phases do not read the clock. The
+memo is used only for a pass over every policy or a named subset of them, without operator
+commands and cluster filters; `tests/bench/test_memo.py` checks that memoised passes and full
+passes decide alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import pickle
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import astuple
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol, TypeVar
+
+from gitops_rollout import planning, repository
+from gitops_rollout.errors import RolloutError
+from gitops_rollout.gitops.changeset import ChangeSet
+from gitops_rollout.gitops.hosts.base import (
+    GitHost,
+    MergeResult,
+    PullRequest,
+    PullRequestDraft,
+    PullState,
+)
+from gitops_rollout.gitops.repo import BRANCH_PREFIX
+from gitops_rollout.inventory.manifests import ManifestCache
+from gitops_rollout.planning import Planned, RolloutKey
+from gitops_rollout.repository import Facts, PolicySummary
+from gitops_rollout.state import Phase
+from gitops_rollout.transitions import Action
+from gitops_rollout.tree import Tree
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+"""Bumped when the file's layout changes."""
+
+STILL = (Phase.IDLE, Phase.ROLLED_BACK, Phase.PAUSED)
+"""Phases whose next decision does not depend on the time."""
+
+SUFFIX = ".memo"
+
+
+class DecisionLike(Protocol):
+    """`reconcile.Decision`, as far as the memo reads it."""
+
+    cluster: str
+    namespace: str
+    model: str
+    action: str
+    outcome: str
+    pr: int | None
+
+    def as_json(self) -> dict[str, Any]: ...
+
+
+D = TypeVar("D", bound=DecisionLike)
+
+
+class _Doc(NamedTuple):
+    """One remembered policy: what it was decided from, and its decisions in cluster order."""
+
+    summary: tuple[str, str, tuple[str, ...], str, str, int]
+    """`PolicySummary` fields."""
+    inputs: str
+    decisions: tuple[tuple[Any, ...], ...]
+    """Decision field values, in the order of the memo's `fields`."""
+
+
+class _File(NamedTuple):
+    """A policy file all of whose policies stood still."""
+
+    blob: str
+    docs: tuple[_Doc, ...]
+
+
+class PassMemo:
+    """The memo of one workspace for one pass (a `repository.Skipper`)."""
+
+    def __init__(
+        self,
+        path: Path | None,
+        caches: repository.Caches,
+        stored: Mapping[str, Any] | None = None,
+        open_heads: frozenset[str] | None = None,
+        only: frozenset[str] | None = None,
+    ) -> None:
+        self.path = path
+        self.caches = caches
+        """Parse caches for `repository.load` (manifests persisted with the memo)."""
+        stored = stored or {}
+        self._files: dict[str, tuple[Any, ...]] = stored.get("files", {})
+        """Plain tuples as stored (`_File` fields, `_Doc` fields): cheap to read."""
+        self._fields: tuple[str, ...] = stored.get("fields", ())
+        self._stored_world: str | None = stored.get("world")
+        self._open = open_heads
+        self._only = only
+        self._hits: dict[str, _File] = {}
+        self._planned: list[Any] | None = None
+        self._world: str | None = None
+        self._world_of: int | None = None
+        self._listed: _ListedOnce | None = None
+        self._manifest_keys = set(caches.manifests.entries)
+
+    # -- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    def disabled(cls, caches: repository.Caches | None = None) -> PassMemo:
+        """A memo that skips nothing and remembers nothing."""
+        return cls(None, caches if caches is not None else repository.Caches())
+
+    @classmethod
+    def open(
+        cls,
+        git_dir: Path,
+        *,
+        host: GitHost,
+        base: str,
+        caches: repository.Caches | None = None,
+        only: frozenset[str] | None = None,
+    ) -> PassMemo:
+        """The memo kept next to the workspace clone `git_dir` (empty when there is none or it
+        cannot be read), for a pass over every policy or those named in `only`. Lists the
+        host's open pull requests: a rollout with one is planned."""
+        path = git_dir.parent / (git_dir.name.removesuffix(".git") + SUFFIX)
+        caches = caches if caches is not None else repository.Caches()
+        stored = _read(path)
+        if stored is not None:
+            for key, parsed in stored["manifests"].items():
+                caches.manifests.entries.setdefault(key, parsed)
+        key = (BRANCH_PREFIX, base)
+        try:
+            pulls = host.pulls_for_prefix(BRANCH_PREFIX, base=base)
+        except RolloutError as err:
+            # The pass's own listing (in `publish`) fails with this same error, as it would
+            # have without the memo; the host is not asked twice.
+            log.info("pass memo not used: listing pull requests failed: %s", err)
+            memo = cls(path, caches, stored, None, only)
+            memo._listed = _ListedOnce(host, key, error=err)
+            return memo
+        heads = frozenset(p.head for p in pulls if p.state is PullState.OPEN)
+        memo = cls(path, caches, stored, heads, only)
+        memo._listed = _ListedOnce(host, key, pulls)
+        return memo
+
+    def host(self, host: GitHost) -> GitHost:
+        """`host`, answering the pass's one listing of pull requests with the list the memo
+        read at the start (one listing per pass, as `GitHost` expects)."""
+        return self._listed if self._listed is not None else host
+
+    # -- skipping (repository.Skipper) --------------------------------------------------------
+
+    def skip(self, path: str, blob: str, facts: Facts) -> Sequence[PolicySummary] | None:
+        raw = self._files.get(path)
+        if raw is None or raw[0] != blob or self._open is None:
+            return None
+        entry = _File(raw[0], tuple(_Doc(*doc) for doc in raw[1]))
+        summaries = [PolicySummary(*doc.summary) for doc in entry.docs]
+        if self._only is not None and any(s.name not in self._only for s in summaries):
+            return None
+        # Nothing moved since the pass that remembered the entries (same commit, inventory,
+        # code): every entry holds, and only pull requests need a look.
+        unmoved = self._stored_world is not None and self._world_now(facts) == self._stored_world
+        for doc, s in zip(entry.docs, summaries, strict=True):
+            keys = [RolloutKey(c, s.routing_namespace, s.model) for c in s.clusters]
+            if any(k.branch(BRANCH_PREFIX) in self._open for k in keys):
+                return None
+            if not unmoved and self._inputs(s, facts) != doc.inputs:
+                return None
+        self._hits[path] = entry
+        return summaries
+
+    def _inputs(self, s: PolicySummary, facts: Facts) -> str:
+        """Digest of everything the policy's decisions are made from, besides its file."""
+        digest = hashlib.sha256(self._pass_key(facts).encode())
+        digest.update(repr((s.name, s.model, s.clusters, s.routing_namespace, s.line)).encode())
+        inventory = facts.inventory
+        for cluster in s.clusters:
+            folder = RolloutKey(cluster, s.routing_namespace, s.model).folder
+            files = [(p, facts.tree.blob_id(p)) for p in facts.tree.paths(folder)]
+            digest.update(
+                repr(
+                    (
+                        cluster,
+                        inventory.unreachable.get(cluster),
+                        facts.broken.get(cluster, []),
+                        inventory.versions(cluster, s.model),
+                        files,
+                    )
+                ).encode()
+            )
+        return digest.hexdigest()
+
+    @staticmethod
+    def _pass_key(facts: Facts) -> str:
+        return f"{FORMAT}:{_code()}:{','.join(sorted(facts.inventory.clusters))}"
+
+    def _world_now(self, facts: Facts) -> str | None:
+        """A digest of every input of every rollout this pass: the commit (policies, manifests,
+        routing files), the inventory (versions, readiness, reachability), the manifest problems
+        and the code. None for a tree that is not a commit."""
+        # Everything but readiness and reachability follows from the commit (and the code).
+        if self._world_of != id(facts.inventory):
+            self._world_of = id(facts.inventory)
+            rev = getattr(facts.tree, "rev", None)
+            self._world = None
+            if isinstance(rev, str):
+                inventory = facts.inventory
+                digest = hashlib.sha256(f"{self._pass_key(facts)}:{rev}".encode())
+                digest.update(repr(sorted(inventory.unreachable.items())).encode())
+                digest.update(
+                    repr(
+                        [
+                            v.status
+                            for _, models in sorted(inventory.clusters.items())
+                            for versions in models.models.values()
+                            for v in versions
+                        ]
+                    ).encode()
+                )
+                self._world = digest.hexdigest()
+        return self._world
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def decisions(
+        self,
+        view: repository.RepositoryView,
+        planned: Sequence[Planned],
+        decisions: list[D],
+        make: Callable[..., D],
+    ) -> list[D]:
+        """The pass's decisions with the remembered ones in the places a full pass gives them
+        (policies by file and line, clusters in policy order, removals last). `decisions` are
+        the planned rollouts', one per `planned` entry in its order."""
+        # What `load` finally skipped (it loads everything when skipped policies clash).
+        skipped = {s.file for s in view.skipped}
+        self._hits = {path: e for path, e in self._hits.items() if path in skipped}
+        if len(decisions) != len(planned):
+            # One decision per planned rollout is what `reconcile` builds; anything else is a
+            # change this memo does not understand: remember nothing from this pass.
+            self._planned = None
+            self.path = None
+            return decisions
+        self._planned = list(zip(planned, decisions, strict=True))
+        if not self._hits:
+            return decisions
+        ranked: list[tuple[tuple[int, str, int, int], D]] = []
+        for index, (p, d) in enumerate(self._planned):
+            t = p.transition
+            if t is None:
+                ranked.append(((1, "", 0, index), d))
+                continue
+            loaded = t.situation.loaded
+            names = [c.name for c in loaded.policy.spec.clusters]
+            ranked.append(((0, loaded.file, loaded.line, names.index(t.situation.cluster)), d))
+        for entry in self._hits.values():
+            for doc in entry.docs:
+                _, _, _, _, file, line = doc.summary
+                for i, values in enumerate(doc.decisions):
+                    fields = dict(zip(self._fields, values, strict=True))
+                    ranked.append(((0, file, line, i), make(**fields)))
+        ranked.sort(key=lambda item: item[0])
+        return [d for _, d in ranked]
+
+    # -- remembering ---------------------------------------------------------------------------
+
+    def save(
+        self,
+        view: repository.RepositoryView,
+        changesets: Mapping[RolloutKey, ChangeSet],
+        *,
+        failed: bool,
+    ) -> None:
+        """Remember the policies of this pass that stood still (nothing when the pass failed
+        somewhere: a decision cut short by an error is no evidence)."""
+        if self.path is None or self._planned is None or failed:
+            return
+        facts = Facts(view.tree, view.inventory, view.broken)
+        groups: dict[int, list[tuple[Planned, DecisionLike]]] = {}
+        for p, d in self._planned:
+            if p.transition is not None:
+                groups.setdefault(id(p.transition.situation.loaded), []).append((p, d))
+        kept = {id(lp) for lp in view.policies.policies}
+        planned_files = {
+            p.transition.situation.loaded.file for p, _ in self._planned if p.transition
+        }
+        files: dict[str, tuple[Any, ...]] = {p: _plain(e) for p, e in self._hits.items()}
+        if self._only is not None:
+            # A pass over some policies: the others' entries stay, checked when they are used.
+            for path, raw in self._files.items():
+                if path not in planned_files and path in view.policy_paths:
+                    files.setdefault(path, raw)
+        fields = self._fields
+        for path in planned_files:
+            blob = view.tree.blob_id(path)
+            cached = self.caches.policies.get((path, blob))
+            if cached is None or cached[1] or not cached[0]:
+                continue
+            docs = []
+            for loaded in cached[0]:
+                group = groups.get(id(loaded), [])
+                if (
+                    id(loaded) not in kept
+                    or len(group) != len(loaded.policy.spec.clusters)
+                    or not all(_still(p, d, changesets, self._open) for p, d in group)
+                ):
+                    break
+                summary = PolicySummary.of(loaded)
+                rows = [d.as_json() for _, d in group]
+                if not fields:
+                    fields = tuple(rows[0])
+                if any(tuple(row) != fields for row in rows):
+                    break
+                docs.append(
+                    _Doc(
+                        astuple(summary),
+                        self._inputs(summary, facts),
+                        tuple(tuple(row.values()) for row in rows),
+                    )
+                )
+            else:
+                files[path] = _plain(_File(blob, tuple(docs)))
+        manifests = _current_manifests(view.tree, self.caches.manifests)
+        world = self._world_now(facts) if self._only is None else None
+        if (
+            files == self._files
+            and world == self._stored_world
+            and set(manifests) == self._manifest_keys
+        ):
+            return
+        _write(
+            self.path, {"files": files, "fields": fields, "world": world, "manifests": manifests}
+        )
+
+
+def _plain(entry: _File) -> tuple[Any, ...]:
+    """`entry` as the plain tuples the memo file holds (no classes to look up on reading)."""
+    return (entry.blob, tuple(tuple(doc) for doc in entry.docs))
+
+
+def _still(
+    p: Planned,
+    d: DecisionLike,
+    changesets: Mapping[RolloutKey, ChangeSet],
+    open_heads: frozenset[str] | None,
+) -> bool:
+    """True for a rollout that stands still (see the module docstring)."""
+    t = p.transition
+    if t is None or p.problems or changesets.get(p.key) is None or changesets[p.key]:
+        return False
+    s = t.situation
+    return (
+        t.action in (Action.NONE, Action.HOLD)
+        and t.state.phase in STILL
+        and s.stored is not None
+        and not s.stored.hand_edited
+        and not s.stored.problems
+        and s.stored.state.phase in STILL
+        and not s.problems
+        and not s.needs_verdict
+        and d.outcome == "none"
+        and d.pr is None
+        and (open_heads is None or p.key.branch(BRANCH_PREFIX) not in open_heads)
+    )
+
+
+def orphans(view: repository.RepositoryView) -> list[Planned]:
+    """`planning.orphans` for a view whose skipped policies still own their rollouts."""
+    tree: Tree = view.tree
+    if view.skipped:
+        tree = _Hiding(
+            view.tree,
+            {
+                RolloutKey(c, s.routing_namespace, s.model).routing_path
+                for s in view.skipped
+                for c in s.clusters
+            },
+        )
+    return planning.orphans(tree, view.policies, policy_paths=view.policy_paths)
+
+
+class _ListedOnce:
+    """A host whose first listing of pull requests is one already made (the memo's)."""
+
+    def __init__(
+        self,
+        host: GitHost,
+        key: tuple[str, str],
+        pulls: list[PullRequest] | None = None,
+        *,
+        error: RolloutError | None = None,
+    ) -> None:
+        self._host = host
+        self._key: tuple[str, str] | None = key
+        self._pulls = pulls or []
+        self._error = error
+
+    def pulls_for_prefix(self, prefix: str, *, base: str) -> list[PullRequest]:
+        if self._key == (prefix, base):
+            self._key = None
+            if self._error is not None:
+                raise self._error
+            return self._pulls
+        return self._host.pulls_for_prefix(prefix, base=base)
+
+    def open_or_update(self, draft: PullRequestDraft) -> PullRequest:
+        return self._host.open_or_update(draft)
+
+    def comment(self, number: int, body: str) -> None:
+        self._host.comment(number, body)
+
+    def comments(self, number: int) -> list[str]:
+        return self._host.comments(number)
+
+    def merge(self, number: int, *, message: str) -> MergeResult:
+        return self._host.merge(number, message=message)
+
+    def close(self, number: int, *, comment: str = "") -> None:
+        self._host.close(number, comment=comment)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._host, name)
+
+
+class _Hiding:
+    """`base` without some routing files in its listings: those of skipped policies, which
+    `planning.orphans` would otherwise read one by one to find their (existing) owner."""
+
+    def __init__(self, base: Tree, hidden: set[str]) -> None:
+        self.base = base
+        self.hidden = hidden
+
+    def paths(self, prefix: str = "") -> list[str]:
+        return [p for p in self.base.paths(prefix) if p not in self.hidden]
+
+    def read(self, path: str) -> bytes:
+        return self.base.read(path)
+
+    def blob_id(self, path: str) -> str:
+        return self.base.blob_id(path)
+
+
+# -- the file ------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _code() -> str:
+    """A fingerprint of this package's code and the interpreter (a change decides anew)."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256(sys.version.encode())
+    for path in sorted(root.rglob("*.py")):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _current_manifests(tree: Tree, cache: ManifestCache) -> dict[tuple[str, str], Any]:
+    """The parse cache's entries for files in `tree` (older versions are dropped)."""
+    out = {}
+    for key, parsed in cache.entries.items():
+        try:
+            current = tree.blob_id(key[0])
+        except FileNotFoundError:
+            continue
+        if current == key[1]:
+            out[key] = parsed
+    return out
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        with path.open("rb") as handle:
+            # The memo is written by this program into its own cache directory, under the
+            # workspace lock; whoever can change it can change the clone next to it.
+            data = pickle.load(handle)  # noqa: S301
+    except FileNotFoundError:
+        return None
+    except Exception as err:  # a damaged or foreign file: start afresh
+        log.info("pass memo %s not used: %s", path, err)
+        return None
+    if not isinstance(data, dict) or data.get("format") != (FORMAT, _code()):
+        return None
+    return data
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            pickle.dump({"format": (FORMAT, _code()), **data}, handle, protocol=5)
+        os.replace(tmp, path)
+    except OSError as err:
+        log.warning("could not write the pass memo %s: %s", path, err)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)

@@ -1,0 +1,322 @@
+"""The pass memo decides exactly like a full pass.
+
+Two copies of one generated GitOps repository (bench/scale.py's generator, 40 rollouts over 3
+clusters) go through the same sequence of passes and outside events, one with the memo and one
+without: after every pass the reports (decisions, problems, errors), every ref of the remote
+and every pull request record must be identical. The events are the ones that must invalidate
+a remembered rollout: readiness changes, policy edits and deletions, a pull request opened by
+hand on a quiet rollout's branch, operator commands, a hand-edited routing file, an unreachable
+cluster, a manifest that does not parse, a clashing policy name and a new candidate.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from gitops_rollout import memo as passmemo
+from gitops_rollout import reconcile
+from gitops_rollout.composition import snapshot_source
+from gitops_rollout.gitops.hosts.base import PullRequestDraft
+from gitops_rollout.gitops.hosts.local import LocalHost
+from gitops_rollout.gitops.repo import Workspace
+from gitops_rollout.inventory.model import ObjectRef, Status
+from gitops_rollout.transitions import Command
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_scale() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_scale", ROOT / "bench" / "scale.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+scale = load_scale()
+T0: datetime = scale.T0
+
+
+@dataclass
+class Side:
+    """One copy of the remote and the bot's cache, passes with or without the memo."""
+
+    root: Path
+    memoise: bool
+    now: datetime = T0
+    hits: list[int] = field(default_factory=list)
+
+    @property
+    def remote(self) -> Path:
+        return self.root / "remote.git"
+
+    def host(self) -> LocalHost:
+        return LocalHost(self.remote, clock=lambda: self.now)
+
+    def run(
+        self,
+        inventory: Path,
+        *,
+        commands: Mapping[tuple[str, str], Command] | None = None,
+        unreachable: Mapping[str, str] | None = None,
+    ) -> reconcile.PassReport:
+        source = snapshot_source([str(inventory)])
+
+        def read() -> tuple[Mapping[tuple[str, ObjectRef], Status], Mapping[str, str]]:
+            statuses, _ = source()
+            return statuses, dict(unreachable or {})
+
+        with Workspace.open(str(self.remote), cache_dir=self.root / "cache") as ws:
+            return reconcile.run_once(
+                workspace=ws,
+                host=self.host(),
+                options=reconcile.PassOptions(now=self.now, commands=dict(commands or {})),
+                inventory=read,
+                memoise=self.memoise,
+            )
+
+    def state(self) -> dict[str, Any]:
+        refs = scale.git("for-each-ref", "--format=%(objectname) %(refname)", cwd=self.remote)
+        pulls = [r.to_json() for r in self.host().list_pulls()]
+        return {"refs": refs, "pulls": pulls}
+
+    def human(self, message: str, edit: Callable[[Path], None]) -> None:
+        """A person clones the remote, edits, commits (dated now) and pushes to main."""
+        checkout = self.root / "human"
+        shutil.rmtree(checkout, ignore_errors=True)
+        scale.git("clone", "--quiet", str(self.remote), str(checkout))
+        edit(checkout)
+        scale.git("add", "-A", cwd=checkout)
+        scale.git("commit", "--quiet", "-m", message, cwd=checkout, env=scale._human_env(self.now))
+        scale.git("push", "--quiet", "origin", "HEAD:main", cwd=checkout)
+
+
+def report_of(report: reconcile.PassReport, side: Side) -> dict[str, Any]:
+    text = json.dumps(
+        {
+            "decisions": [d.as_json() for d in report.decisions],
+            "problems": [str(p) for p in report.problems],
+            "errors": report.errors,
+        }
+    )
+    return json.loads(text.replace(side.remote.as_uri(), "REMOTE"))
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Any:
+    rng = scale.random.Random(11)
+    models, clusters = scale.plan_models(40, 3, rng)
+    # Make sure the interesting shapes are there, whatever the draw.
+    models[0].candidate, models[0].candidate_ready = True, False
+    models[1].candidate, models[1].candidate_ready, models[1].review_steps = True, True, True
+    models[2].clusters = (clusters[0], clusters[1])
+    w = scale.World(tmp_path / "world", models, clusters, rng)
+    w.root.mkdir()
+    scale.seed(w)
+    return w
+
+
+@pytest.fixture
+def sides(world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Side]]:
+    out = []
+    for name, memoise in (("memo", True), ("full", False)):
+        root = tmp_path / name
+        root.mkdir()
+        shutil.copytree(world.remote, root / "remote.git")
+        out.append(Side(root, memoise))
+    real = passmemo.PassMemo.decisions
+    counts: list[int] = []
+
+    def spy(self: passmemo.PassMemo, *args: Any, **kwargs: Any) -> Any:
+        counts.append(len(self._hits))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(passmemo.PassMemo, "decisions", spy)
+    out[0].hits = counts
+    yield out
+
+
+def both(sides: list[Side], world: Any, **kwargs: Any) -> int:
+    """One pass on each side; they must agree. Returns how many policy files the memo took."""
+    memo, full = sides
+    before = len(memo.hits)
+    got = report_of(memo.run(world.inventory, **kwargs), memo)
+    want = report_of(full.run(world.inventory, **kwargs), full)
+    if got != want:
+        a = [(d["cluster"], d["model"]) for d in got["decisions"]]
+        b = [(d["cluster"], d["model"]) for d in want["decisions"]]
+        print("only memo", sorted(set(a) - set(b)), "only full", sorted(set(b) - set(a)))
+        print("problems", got["problems"], want["problems"])
+        for x, y in zip(got["decisions"], want["decisions"], strict=False):
+            if x != y:
+                print("first diff", x, y)
+                break
+    assert got == want
+    assert memo.state() == full.state()
+    for side in sides:
+        side.now += timedelta(minutes=1)
+    return memo.hits[before] if len(memo.hits) > before else 0
+
+
+def on_both(sides: list[Side], message: str, edit: Callable[[Path], None]) -> None:
+    for side in sides:
+        side.human(message, edit)
+
+
+def test_memoised_passes_decide_like_full_passes(world: Any, sides: list[Side]) -> None:
+    idle = [m for m in world.models if not m.candidate and len(m.clusters) == 1]
+    for _ in range(4):
+        both(sides, world)
+    assert both(sides, world) > 0, "the memo took no policy in a pass where nothing changed"
+
+    # Readiness: an Idle model's primary stops being Ready.
+    m = idle[0]
+    path = world.inventory / f"{m.clusters[0]}.json"
+    doc = json.loads(path.read_text())
+    for item in doc["items"]:
+        if item["metadata"]["name"] == f"{m.name}-v1":
+            item["status"]["conditions"][0]["status"] = "False"
+    path.write_text(json.dumps(doc))
+    both(sides, world)
+
+    # A policy edit (routing changes), and a policy deleted (its routing is removed).
+    def edit_policies(root: Path) -> None:
+        policy = root / "policies" / f"{idle[1].name}.yaml"
+        text = policy.read_text()
+        if "    hosts: [" in text:
+            text = text.replace("    hosts: [", "    hosts: [x.example.com, ", 1)
+        else:
+            text = text.replace(
+                "  clusters:\n", "  routing:\n    hosts: [x.example.com]\n  clusters:\n"
+            )
+        policy.write_text(text)
+        (root / "policies" / f"{idle[2].name}.yaml").unlink()
+
+    on_both(sides, "edit one policy, delete another", edit_policies)
+    both(sides, world)
+    both(sides, world)
+
+    # Someone opens a pull request by hand on a quiet rollout's branch: a full pass closes it.
+    target = idle[3]
+    branch = f"gitops-rollout/{target.clusters[0]}/{target.namespace}/{target.name}"
+
+    def hand_branch(side: Side) -> None:
+        checkout = side.root / "hand"
+        shutil.rmtree(checkout, ignore_errors=True)
+        scale.git("clone", "--quiet", str(side.remote), str(checkout))
+        (checkout / "NOTES.md").write_text("by hand\n")
+        scale.git("add", "-A", cwd=checkout)
+        scale.git(
+            "commit", "--quiet", "-m", "by hand", cwd=checkout, env=scale._human_env(side.now)
+        )
+        scale.git("push", "--quiet", "origin", f"HEAD:refs/heads/{branch}", cwd=checkout)
+        side.host().open_or_update(PullRequestDraft(branch, "main", "by hand", "a human's PR"))
+
+    for side in sides:
+        hand_branch(side)
+    both(sides, world)
+    both(sides, world)
+
+    # Operator commands (no memo for that pass), then the paused rollout holds (remembered).
+    paused = idle[4]
+    both(sides, world, commands={(paused.name, paused.clusters[0]): Command.PAUSE})
+    for _ in range(3):
+        both(sides, world)
+    both(sides, world, commands={(paused.name, paused.clusters[0]): Command.RESUME})
+    for _ in range(2):
+        both(sides, world)
+
+    # A hand edit of a generated routing file on main: that rollout holds.
+    edited = idle[5]
+
+    def hand_edit(root: Path) -> None:
+        routing = (
+            root
+            / "clusters"
+            / edited.clusters[0]
+            / edited.namespace
+            / edited.name
+            / "rollout"
+            / "routing.yaml"
+        )
+        routing.write_text(routing.read_text() + "# tuned by hand\n")
+
+    on_both(sides, "tune the routing by hand", hand_edit)
+    both(sides, world)
+    both(sides, world)
+
+    # A cluster cannot be reached; then it can again.
+    both(sides, world, unreachable={world.clusters[1]: "connection refused"})
+    both(sides, world, unreachable={world.clusters[1]: "connection refused"})
+    both(sides, world)
+
+    # A manifest that does not parse holds its cluster; fixing it releases it.
+    broken = idle[6]
+    manifest = (
+        f"clusters/{broken.clusters[0]}/{broken.namespace}/{broken.name}/{broken.name}-v1.yaml"
+    )
+    saved = (world.human / manifest).read_text()
+    on_both(sides, "break a manifest", lambda root: (root / manifest).write_text("a: [b\n"))
+    both(sides, world)
+    both(sides, world)
+    on_both(sides, "fix it", lambda root: (root / manifest).write_text(saved))
+    both(sides, world)
+    both(sides, world)
+
+    # Two policies with one name: uniqueness is decided over every policy.
+    twin = idle[7]
+
+    def clash(root: Path) -> None:
+        text = (root / "policies" / f"{twin.name}.yaml").read_text()
+        (root / "policies" / "aaa-twin.yaml").write_text(
+            text.replace("  clusters:", "  model: nobody\n  clusters:")
+        )
+
+    on_both(sides, "a second policy named like another", clash)
+    both(sides, world)
+    both(sides, world)
+
+    # A new, Ready candidate: the rollout starts.
+    fresh = idle[8]
+
+    def candidate(root: Path) -> None:
+        for cluster in fresh.clusters:
+            folder = root / "clusters" / cluster / fresh.namespace
+            (folder / fresh.name / f"{fresh.name}-v2.yaml").write_text(
+                scale.manifest_text(fresh, 2, role="candidate")
+            )
+            kust = folder / "kustomization.yaml"
+            kust.write_text(kust.read_text() + f"  - {fresh.name}/{fresh.name}-v2.yaml\n")
+
+    on_both(sides, "a new candidate", candidate)
+    fresh.candidate, fresh.candidate_ready = True, True
+    scale.write_inventory(world)
+    both(sides, world)
+    both(sides, world)
+    assert both(sides, world) > 0
+    print("policy files taken from the memo, pass by pass:", sides[0].hits)
+
+
+def test_memo_survives_a_new_process_and_ignores_a_damaged_file(
+    world: Any, sides: list[Side]
+) -> None:
+    memo, _ = sides
+    for _ in range(4):
+        both(sides, world)
+    [stored] = list((memo.root / "cache").glob("*.memo"))
+    assert both(sides, world) > 0
+    stored.write_bytes(b"not a pickle")
+    assert both(sides, world) == 0
+    assert both(sides, world) > 0
