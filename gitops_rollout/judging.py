@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from gitops_rollout import analysis
+from gitops_rollout.analysis.decide import decide
 from gitops_rollout.errors import MetricsError
 from gitops_rollout.metrics import ProviderConfig, create_provider
 from gitops_rollout.metrics.base import MetricsProvider, QueryError, RolloutRef, VersionRef, utc
@@ -160,7 +161,7 @@ class Judge:
         strategy = s.policy.spec.strategy
         floor = strategy.exploration_floor if isinstance(strategy, ABStrategy) else 0.10
         ready = [c.version for c in s.candidates if c.ready]
-        return analysis.decide(
+        return decide(
             spec,
             evidence,
             baseline=s.primary.version,

@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from datetime import datetime
 
-from gitops_rollout.analysis.guardrails import (
+from gitops_rollout.analysis.catalogue import (
     BUILTIN,
     DEFAULT_MAX_INCREASE,
     ROLLBACK_INCREASE,

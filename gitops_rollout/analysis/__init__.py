@@ -14,7 +14,6 @@ them and research/statistics.md derives them. Modules, in the order the data flo
 No module here does I/O or reads the clock.
 """
 
-from gitops_rollout.analysis.decide import decide
 from gitops_rollout.analysis.verdict import (
     Action,
     Check,
@@ -24,4 +23,4 @@ from gitops_rollout.analysis.verdict import (
     Verdict,
 )
 
-__all__ = ["Action", "Check", "CheckVerdict", "Comparison", "Tally", "Verdict", "decide"]
+__all__ = ["Action", "Check", "CheckVerdict", "Comparison", "Tally", "Verdict"]

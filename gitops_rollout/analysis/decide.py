@@ -46,6 +46,7 @@ from gitops_rollout.analysis.verdict import (
     Comparison,
     Tally,
     Verdict,
+    confidence,
 )
 from gitops_rollout.metrics.evidence import Evidence
 from gitops_rollout.policy import Analysis, InconclusiveAction, NoDataAction
@@ -329,7 +330,7 @@ def _canary(ctx: _Context, checks: list[Check]) -> Verdict:
     blind = [c for c in guards if c.verdict is CheckVerdict.NO_DATA]
     if passed:
         clauses = "; ".join(summary.passing(c) for c in guards)
-        proof = f"Every guardrail passed at {summary.confidence(ctx.analysis.alpha)}: {clauses}."
+        proof = f"Every guardrail passed at {confidence(ctx.analysis.alpha)}: {clauses}."
         action = Action.PROMOTE if ctx.last_step else Action.ADVANCE
         return _honour_minimums(ctx, Verdict(action, (proof,), tuple(checks)))
     pending = "; ".join(summary.waiting(c) for c in guards if c.verdict is not CheckVerdict.PASS)
@@ -483,13 +484,13 @@ def _abn(
     if winner == ctx.baseline:
         reasons.append(
             f"{ctx.baseline} (the baseline) has the best {reward.metric}, proven against every "
-            f"candidate at {summary.confidence(analysis.alpha)}; rolling back."
+            f"candidate at {confidence(analysis.alpha)}; rolling back."
         )
         return Verdict(Action.ROLLBACK, tuple(reasons), tuple(checks), winner=winner)
     if winner is not None:
         reasons.append(
             f"{winner} has the best {reward.metric}, proven against every other arm at "
-            f"{summary.confidence(analysis.alpha)}, and passed every guardrail."
+            f"{confidence(analysis.alpha)}, and passed every guardrail."
         )
         action = Action.PROMOTE if ctx.last_step else Action.ADVANCE
         verdict = Verdict(action, tuple(reasons), tuple(checks), suggestion, winner)

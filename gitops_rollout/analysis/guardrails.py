@@ -18,68 +18,28 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
 
 from gitops_rollout.analysis import buckets, confseq, eprocess
 from gitops_rollout.analysis.abn import Spread
+from gitops_rollout.analysis.catalogue import (
+    BUILTIN,
+    DEFAULT_MAX_INCREASE,
+    DEFAULT_OBJECTIVES,
+    RATE_SOURCES,
+    ROLLBACK_INCREASE,
+    Source,
+    resolve,
+)
 from gitops_rollout.analysis.verdict import Comparison
 from gitops_rollout.metrics.evidence import VersionSeries
-from gitops_rollout.metrics.queries import FEEDBACK
-from gitops_rollout.policy import Analysis, MetricKind
+from gitops_rollout.policy import Analysis
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
-
-class Source(StrEnum):
-    """Where a metric's numbers come from and which test family applies."""
-
-    ERRORS = "errors"
-    LATENCY_MEAN = "latency-mean"
-    LATENCY_TAIL = "latency-tail"
-    COUNTER = "counter"
-    RATIO = "ratio"
-    MEAN = "mean"
-
-
-RATE_SOURCES = frozenset({Source.ERRORS, Source.LATENCY_TAIL, Source.COUNTER, Source.RATIO})
-
-BUILTIN: Mapping[str, tuple[Source, float | None]] = {
-    "error-rate": (Source.ERRORS, None),
-    "mean-latency": (Source.LATENCY_MEAN, None),
-    "p95-latency": (Source.LATENCY_TAIL, 0.95),
-    "p99-latency": (Source.LATENCY_TAIL, 0.99),
-}
-
-DEFAULT_MAX_INCREASE: Mapping[Source, float] = {
-    Source.ERRORS: 0.5,
-    Source.LATENCY_TAIL: 0.5,
-    Source.COUNTER: 0.5,
-    Source.RATIO: 0.5,
-    Source.LATENCY_MEAN: 0.05,
-    Source.MEAN: 0.05,
-}
-"""Non-inferiority margins when an objective gives none. Rates: 1.5x the baseline (tighter
-margins need thousands of bad events to prove); means: +5 %. For p95/p99 the margin is on the
-share of requests slower than the baseline's quantile edge (1.5x as many slow requests)."""
-
-ROLLBACK_INCREASE: Mapping[Source, float] = {
-    Source.ERRORS: 0.0,
-    Source.LATENCY_TAIL: 0.0,
-    Source.COUNTER: 0.0,
-    Source.RATIO: 0.0,
-    Source.LATENCY_MEAN: 0.02,
-    Source.MEAN: 0.02,
-}
-"""Rollback when the candidate is worse than the baseline by more than this, with confidence.
-Rates: any increase. Means: 2 %, below which latency differences between two deployments of
-the same code (node types, pod placement) are common and not worth a rollback."""
-
-DEFAULT_OBJECTIVES = ("error-rate", "mean-latency")
-"""Guardrails used when the policy lists none."""
 
 MEAN_TAU = 0.05
 """Mixture scale of mean tests, relative to the baseline's mean (or the limit): the size of
@@ -112,27 +72,6 @@ class Guardrail:
         if self.lower_limit is not None:
             out.append(Comparison.LOWER_LIMIT)
         return tuple(out)
-
-
-def resolve(name: str, analysis: Analysis) -> tuple[Source, float | None] | None:
-    """The source (and quantile) of a metric name; None if it is unknown.
-
-    ``feedback`` not defined by the policy is Seldon's feedback count, a built-in counter of
-    the seldon target (other targets have no such series: validation says so).
-    """
-    if name in BUILTIN:
-        return BUILTIN[name]
-    for custom in analysis.metrics:
-        if custom.name == name:
-            kind = {
-                MetricKind.COUNTER: Source.COUNTER,
-                MetricKind.RATIO: Source.RATIO,
-                MetricKind.MEAN: Source.MEAN,
-            }[custom.kind]
-            return kind, None
-    if name == FEEDBACK:
-        return Source.COUNTER, None
-    return None
 
 
 def guardrails_of(analysis: Analysis) -> tuple[Guardrail, ...]:

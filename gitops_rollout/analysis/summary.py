@@ -14,20 +14,26 @@ from dataclasses import replace
 import numpy as np
 
 from gitops_rollout.analysis import buckets, confseq, eprocess
+from gitops_rollout.analysis.catalogue import RATE_SOURCES, Source
 from gitops_rollout.analysis.guardrails import (
     MEAN_TAU,
-    RATE_SOURCES,
     Assessment,
     Guardrail,
     MeanCounts,
     RateCounts,
-    Source,
     VersionCounts,
     mean_counts,
     rate_counts,
     shared_variance,
 )
-from gitops_rollout.analysis.verdict import Check, CheckVerdict, Comparison, Tally
+from gitops_rollout.analysis.verdict import (
+    Check,
+    CheckVerdict,
+    Comparison,
+    Tally,
+    confidence,
+    value,
+)
 
 _RATIO_GRID = np.exp(np.linspace(math.log(0.2), math.log(5.0), 401))
 """Ratios at which mean tests are inverted for display (0.8 % apart)."""
@@ -249,22 +255,6 @@ def _tail(
 
 # ---------------------------------------------------------------------------------------------
 # Sentences
-
-
-def confidence(alpha: float) -> str:
-    """'99.7 %' for alpha = 0.0033."""
-    return f"{100.0 * (1.0 - alpha):.4g} %"
-
-
-def value(check: Check, x: float | None) -> str:
-    """A number in the check's unit, as a reviewer reads it."""
-    if x is None:
-        return "n/a"
-    if check.unit == "fraction of requests":
-        return f"{100.0 * x:.3g} %"
-    if check.unit == "ms":
-        return f"{x:.1f} ms"
-    return f"{x:.4g}"
 
 
 def _bound(check: Check, x: float | None) -> str:

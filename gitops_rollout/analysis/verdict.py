@@ -147,3 +147,19 @@ class Verdict:
             "alpha": self.alpha,
             "checks": [c.as_dict() for c in self.checks],
         }
+
+
+def confidence(alpha: float) -> str:
+    """'99.7 %' for alpha = 0.0033."""
+    return f"{100.0 * (1.0 - alpha):.4g} %"
+
+
+def value(check: Check, x: float | None) -> str:
+    """A number in the check's unit, as a reviewer reads it."""
+    if x is None:
+        return "n/a"
+    if check.unit == "fraction of requests":
+        return f"{100.0 * x:.3g} %"
+    if check.unit == "ms":
+        return f"{x:.1f} ms"
+    return f"{x:.4g}"

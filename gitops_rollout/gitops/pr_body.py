@@ -21,8 +21,14 @@ from enum import Enum
 from typing import Any
 
 from gitops_rollout import __version__
-from gitops_rollout.analysis import Check, CheckVerdict, Comparison, Verdict
-from gitops_rollout.analysis.summary import confidence, value
+from gitops_rollout.analysis.verdict import (
+    Check,
+    CheckVerdict,
+    Comparison,
+    Verdict,
+    confidence,
+    value,
+)
 from gitops_rollout.gitops.changeset import ChangeSet
 from gitops_rollout.gitops.hosts.base import PullRequestDraft
 from gitops_rollout.gitops.repo import CommitMessage

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from gitops_rollout.analysis import confseq
-from gitops_rollout.analysis.guardrails import Guardrail, Source, VersionCounts, evaluate
+from gitops_rollout.analysis.catalogue import Source
+from gitops_rollout.analysis.guardrails import Guardrail, VersionCounts, evaluate
 
 from .simdata import BUCKETS, latency_moments
 

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 
-from gitops_rollout.analysis import Action, CheckVerdict, Comparison, Verdict, decide
+from gitops_rollout.analysis import Action, CheckVerdict, Comparison, Verdict
+from gitops_rollout.analysis.decide import decide
 from gitops_rollout.metrics.evidence import Evidence
 from gitops_rollout.policy import (
     Analysis,

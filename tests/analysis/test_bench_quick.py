@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gitops_rollout.analysis import Action, decide
+from gitops_rollout.analysis import Action
+from gitops_rollout.analysis.decide import decide
 from gitops_rollout.metrics.evidence import Evidence, VersionSeries
 
 from .simdata import T0

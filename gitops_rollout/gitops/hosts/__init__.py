@@ -9,17 +9,15 @@ for a remote reached over HTTP(S).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 from gitops_rollout.errors import HostError
-from gitops_rollout.gitops.hosts.auth import TokenSource, git_http_env
 from gitops_rollout.gitops.hosts.base import GitHost
 from gitops_rollout.gitops.hosts.config import HostConfig
-from gitops_rollout.gitops.hosts.gitea import GiteaHost
-from gitops_rollout.gitops.hosts.github import GitHubHost
-from gitops_rollout.gitops.hosts.gitlab import GitLabHost
-from gitops_rollout.gitops.hosts.local import LocalHost
+
+if TYPE_CHECKING:
+    from gitops_rollout.gitops.hosts.auth import TokenSource
 
 __all__ = ["HOSTS", "HostConfig", "UnknownHostError", "git_credentials", "make_host"]
 
@@ -28,11 +26,39 @@ class HostFactory(Protocol):
     def __call__(self, config: HostConfig, /) -> GitHost: ...
 
 
+# Each host module is imported when its kind is asked for: the forge clients (PyGithub,
+# python-gitlab, requests) cost a pass on the local host a quarter of a second to import.
+
+
+def _local(config: HostConfig) -> GitHost:
+    from gitops_rollout.gitops.hosts.local import LocalHost
+
+    return LocalHost.from_config(config)
+
+
+def _github(config: HostConfig) -> GitHost:
+    from gitops_rollout.gitops.hosts.github import GitHubHost
+
+    return GitHubHost.from_config(config)
+
+
+def _gitlab(config: HostConfig) -> GitHost:
+    from gitops_rollout.gitops.hosts.gitlab import GitLabHost
+
+    return GitLabHost.from_config(config)
+
+
+def _gitea(config: HostConfig) -> GitHost:
+    from gitops_rollout.gitops.hosts.gitea import GiteaHost
+
+    return GiteaHost.from_config(config)
+
+
 HOSTS: dict[str, HostFactory] = {
-    "local": LocalHost.from_config,
-    "github": GitHubHost.from_config,
-    "gitlab": GitLabHost.from_config,
-    "gitea": GiteaHost.from_config,
+    "local": _local,
+    "github": _github,
+    "gitlab": _gitlab,
+    "gitea": _gitea,
 }
 
 
@@ -80,6 +106,8 @@ def git_credentials(host: GitHost, remote: str) -> Callable[[], dict[str, str]] 
     url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
 
     def environment() -> dict[str, str]:
+        from gitops_rollout.gitops.hosts.auth import git_http_env
+
         return git_http_env(
             remote_url=url, username=host.git_username, credentials=host.credentials
         )

@@ -10,8 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from gitops_rollout.gitops.hosts.transport import HttpPolicy
+if TYPE_CHECKING:
+    # Only named here: importing the transport (requests, urllib3) is the forge hosts' cost.
+    from gitops_rollout.gitops.hosts.transport import HttpPolicy
 
 
 def _utcnow() -> datetime:
