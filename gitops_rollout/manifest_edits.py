@@ -18,6 +18,7 @@ kustomization.yaml in step. Which files to edit, and deleting emptied files, is 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import posixpath
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.resolver import VersionedResolver
 
 from gitops_rollout.inventory.model import ROLE_LABEL, VERSION_LABEL, Kind, ModelVersion
 from gitops_rollout.transitions import EditKind, ManifestEdit
@@ -84,6 +86,17 @@ def _plain_ok(text: str) -> bool:
         and not text.endswith(":")
         and _resolves_to_itself(text)
     )
+
+
+def reads_as_string(plain: str) -> bool:
+    """True when the plain scalar `plain` is a string in YAML 1.2, as `YamlFile.data` reads it
+    (``yes`` is one, ``0o10`` and ``null`` are not)."""
+    return bool(_resolver().resolve(ScalarNode, plain, (True, False)) == "tag:yaml.org,2002:str")
+
+
+@functools.cache
+def _resolver() -> VersionedResolver:
+    return VersionedResolver(version=(1, 2))
 
 
 def scalar_text(value: object, *, style: str | None = None) -> str:
@@ -342,18 +355,40 @@ class YamlFile:
     def append_item(self, doc: int, path: Path, value: Any) -> None:
         """Append `value` to the list at `path` (created when missing)."""
         current = self.get(doc, path, _MISSING)
+        size = len(current) if isinstance(current, list) else 0
+        self.insert_item(doc, path, size, value)
+
+    def insert_item(self, doc: int, path: Path, index: int, value: Any) -> None:
+        """Insert `value` into the list at `path` so that it becomes item `index` (the length
+        of the list appends; a missing list is created when `index` is 0).
+
+        In a block list the new line goes right after item ``index - 1`` (before the comments
+        above the next item, which describe that one), indented like its neighbours.
+        """
+        current = self.get(doc, path, _MISSING)
         if current is _MISSING or current is None:
+            if index != 0:
+                raise EditError(f"list index {index} does not exist at {_fmt(path)}")
             self.set_value(doc, path, [value])
             return
         node = self._node(doc, path)
         if not isinstance(node, SequenceNode):
             raise EditError(f"{_fmt(path)} is not a list")
-        if getattr(node, "flow_style", False) or not node.value:
-            self._rebuild_flow(node, add=_flow_text(value))
+        items = node.value
+        if not 0 <= index <= len(items):
+            raise EditError(f"list index {index} does not exist at {_fmt(path)}")
+        if getattr(node, "flow_style", False) or not items:
+            self._rebuild_flow(node, add=_flow_text(value), add_at=index)
         else:
-            dash = self._dash_of(node.value[-1])
+            neighbour = items[index - 1] if index > 0 else items[0]
+            dash = self._dash_of(neighbour)
             column = dash - self._line_start(dash)
-            at = self._line_end(self._content_end(node))
+            if index > 0:
+                at = self._line_end(self._content_end(neighbour))
+            elif self._at_line_start(dash):
+                at = self._comment_block_start(self._line_start(dash))
+            else:
+                raise EditError("cannot insert before a list item that starts on its key's line")
             lead = "" if at == 0 or self.text[at - 1] == "\n" else "\n"
             body = (
                 scalar_text(value)
@@ -365,10 +400,10 @@ class YamlFile:
             )
 
         def add(parent: Any, part: str | int) -> None:
-            parent[part].append(copy.deepcopy(value))
+            parent[part].insert(index, copy.deepcopy(value))
 
         self._expect(doc, path, add)
-        self._verify(f"append to {_fmt(path)}")
+        self._verify(f"insert into {_fmt(path)}")
 
     def copy_from(
         self, doc: int, path: Path, source: YamlFile, source_doc: int, source_path: Path
@@ -505,9 +540,15 @@ class YamlFile:
         self._splice(start, end, "")
 
     def _rebuild_flow(
-        self, node: Node, *, drop: str | int | None = None, add: str | None = None
+        self,
+        node: Node,
+        *,
+        drop: str | int | None = None,
+        add: str | None = None,
+        add_at: int | None = None,
     ) -> None:
-        """Rewrite a flow (or empty) collection from its entries' own text."""
+        """Rewrite a flow (or empty) collection from its entries' own text; `add` goes at
+        position `add_at` (default: the end)."""
         parts = []
         if isinstance(node, MappingNode):
             for key, value in node.value:
@@ -520,7 +561,7 @@ class YamlFile:
                     parts.append(self.text[item.start_mark.index : item.end_mark.index])
             left, right = "[", "]"
         if add is not None:
-            parts.append(add)
+            parts.insert(len(parts) if add_at is None else add_at, add)
         self._splice(
             int(node.start_mark.index), int(node.end_mark.index), left + ", ".join(parts) + right
         )
@@ -743,6 +784,39 @@ def _resolve(folder: str, entry: str) -> str | None:
     return posixpath.normpath(posixpath.join(folder, entry.rstrip("/")))
 
 
+def resource_group(folder: str, entry: str) -> str | None:
+    """The subfolder of `folder` a ``resources:`` entry lies in or names (in a namespace's
+    kustomization: the model's folder), or None for entries outside `folder` and remote ones.
+
+    ``fraud/fraud-v1.yaml``, ``./fraud/service.yaml``, ``fraud/`` and ``fraud`` are all in
+    group ``fraud``; ``fraud.yaml`` is in group ``fraud.yaml`` (a file, no model's folder).
+    """
+    path = _resolve(folder, entry)
+    head = posixpath.normpath(folder) + "/"
+    if path is None or not path.startswith(head):
+        return None
+    return path[len(head) :].split("/", 1)[0]
+
+
+def resource_slot(entries: Sequence[object], entry: str, *, folder: str) -> int:
+    """Where `entry` joins a ``resources:`` list: right after the last entry of its group,
+    else at the end.
+
+    Pull requests of one pass each list a different model in the same kustomization.yaml. Had
+    they all appended, every one would insert at the same spot and conflict with the first
+    merged; next to its own model's entries each insertion has unchanged lines around it that
+    keep it apart from the others, so git merges them (two models that have no entry yet still
+    meet at the end).
+    """
+    group = resource_group(folder, entry)
+    if group is not None:
+        for index in reversed(range(len(entries))):
+            listed = entries[index]
+            if isinstance(listed, str) and resource_group(folder, listed) == group:
+                return index + 1
+    return len(entries)
+
+
 def remove_resources(
     kustomization: YamlFile, *, folder: str, gone: Callable[[str], bool]
 ) -> list[str]:
@@ -760,7 +834,8 @@ def remove_resources(
 
 
 def add_resource(kustomization: YamlFile, entry: str, *, folder: str) -> bool:
-    """Append `entry` to ``resources:`` unless an entry already points there."""
+    """List `entry` in ``resources:`` unless an entry already points there; it goes where
+    `resource_slot` says (after its model's entries), in the first document."""
     docs = kustomization.documents()
     if not docs:
         raise EditError(f"{kustomization.file} is empty", fix="add a Kustomization or delete it")
@@ -769,5 +844,7 @@ def add_resource(kustomization: YamlFile, entry: str, *, folder: str) -> bool:
         entries: Sequence[Any] = kustomization.get(doc, ("resources",)) or []
         if any(isinstance(e, str) and _resolve(folder, e) == wanted for e in entries):
             return False
-    kustomization.append_item(docs[0], ("resources",), entry)
+    listed = kustomization.get(docs[0], ("resources",))
+    index = resource_slot(listed, entry, folder=folder) if isinstance(listed, list) else 0
+    kustomization.insert_item(docs[0], ("resources",), index, entry)
     return True

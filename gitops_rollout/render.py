@@ -14,15 +14,16 @@ The change set (old/new per file), commits and pull requests are the next stage'
 from __future__ import annotations
 
 import functools
-import io
 import posixpath
 import re
-from collections.abc import Iterable
+from array import array
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from gitops_rollout import yamlemit
 from gitops_rollout.errors import Problem
 from gitops_rollout.inventory.model import Kind, ModelVersion
 from gitops_rollout.manifest_edits import (
@@ -32,7 +33,10 @@ from gitops_rollout.manifest_edits import (
     add_resource,
     apply_edit,
     folder_namespace,
+    reads_as_string,
     remove_resources,
+    resource_group,
+    resource_slot,
     scalar_text,
 )
 from gitops_rollout.state import (
@@ -69,122 +73,7 @@ class Rendered:
 
 def dump_objects(objects: Iterable[Manifest]) -> str:
     """Objects as a multi-document YAML stream, keys in the order they were built."""
-    return "---\n".join(_dump(obj) for obj in objects)
-
-
-_DUMP_OPTIONS: dict[str, Any] = {
-    "sort_keys": False,
-    "default_flow_style": False,
-    "width": 1_000_000,
-    "allow_unicode": True,
-}
-
-
-def _dump(obj: Any) -> str:
-    """`yaml.safe_dump` with our settings; through libyaml when that gives the same bytes.
-
-    libyaml's emitter writes what PyYAML's (a port of it) writes, several times faster, except
-    for some control and non-ASCII characters and empty keys; objects holding those, and
-    objects that share a dict or list (PyYAML writes an anchor), take the pure-Python way
-    (tests/bench/test_render_fast.py compares the two).
-    """
-    if _FastDumper is not None:
-        node = _node(obj, set())
-        if node is not None:
-            stream = io.StringIO()
-            dumper = _FastDumper(stream, **_DUMP_OPTIONS)
-            try:
-                dumper.open()
-                dumper.serialize(node)
-                dumper.close()
-            finally:
-                dumper.dispose()
-            return stream.getvalue()
-    text: str = yaml.safe_dump(obj, **_DUMP_OPTIONS)
-    return text
-
-
-_STR, _INT, _FLOAT, _BOOL, _NULL, _MAP, _SEQ = (
-    f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")
-)
-
-
-def _node(value: Any, seen: set[int]) -> yaml.Node | None:
-    """The node `SafeRepresenter` builds for `value` (no styles, no flow), without its per-node
-    bookkeeping; None when libyaml might write it differently (text that is not printable
-    ASCII, an empty key) or a dict or list occurs twice (PyYAML writes an anchor), and for
-    anything but dicts, lists, str, int, float, bool and None."""
-    kind = type(value)
-    if kind is str:
-        return yaml.ScalarNode(_STR, value) if value.isascii() and value.isprintable() else None
-    if kind is dict or kind is list:
-        if id(value) in seen:
-            return None
-        seen.add(id(value))
-        if kind is dict:
-            pairs = []
-            for key, child in value.items():
-                if not key:
-                    return None
-                key_node, child_node = _node(key, seen), _node(child, seen)
-                if key_node is None or child_node is None or type(key) is not str:
-                    return None
-                pairs.append((key_node, child_node))
-            return yaml.MappingNode(_MAP, pairs, flow_style=False)
-        items = []
-        for child in value:
-            child_node = _node(child, seen)
-            if child_node is None:
-                return None
-            items.append(child_node)
-        return yaml.SequenceNode(_SEQ, items, flow_style=False)
-    if kind is bool:
-        return yaml.ScalarNode(_BOOL, "true" if value else "false")
-    if kind is int:
-        return yaml.ScalarNode(_INT, str(value))
-    if value is None:
-        return yaml.ScalarNode(_NULL, "null")
-    if kind is float:
-        return yaml.ScalarNode(_FLOAT, _float_text(value))
-    return None
-
-
-def _float_text(value: float) -> str:
-    """`SafeRepresenter.represent_float`'s text."""
-    if value != value or (value == 0.0 and value == 1.0):
-        return ".nan"
-    if value == float("inf"):
-        return ".inf"
-    if value == float("-inf"):
-        return "-.inf"
-    text = repr(value).lower()
-    if "." not in text and "e" in text:
-        text = text.replace("e", ".0e", 1)
-    return text
-
-
-_FastDumper: Any = None
-if hasattr(yaml, "CSafeDumper"):
-
-    class _CachedDumper(yaml.CSafeDumper):
-        """libyaml's emitter; implicit-tag resolution of scalars remembered (a pure function
-        of the text here: no path resolvers), since keys repeat in every object."""
-
-        _resolved: ClassVar[dict[tuple[str, Any], Any]] = {}
-
-        def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
-            if kind is not yaml.ScalarNode:
-                return super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
-            key = (value, implicit)
-            found = self._resolved.get(key)
-            if found is None:
-                if len(self._resolved) > 200_000:
-                    self._resolved.clear()
-                found = super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
-                self._resolved[key] = found
-            return found
-
-    _FastDumper = _CachedDumper
+    return "---\n".join(yamlemit.dump(obj) for obj in objects)
 
 
 def routing_text(objects: list[Manifest], state: RolloutState, *, policy_file: str) -> str:
@@ -455,7 +344,9 @@ def _drop_resources(work: _Workspace, deleted: list[str], *, cluster: str) -> No
 
 
 def _list_rollout(work: _Workspace, *, cluster: str, namespace: str, model: str) -> None:
-    """A new rollout folder joins the namespace's kustomization.yaml, when there is one."""
+    """A new rollout folder joins the namespace's kustomization.yaml, when there is one, right
+    after the model's own entries (`resource_slot`: the pull requests of one pass then merge
+    without conflicts)."""
     folder = f"clusters/{cluster}/{namespace}"
     for name in KUSTOMIZATION_FILES:
         path = f"{folder}/{name}"
@@ -463,10 +354,10 @@ def _list_rollout(work: _Workspace, *, cluster: str, namespace: str, model: str)
             entry = f"{model}/{ROLLOUT_DIR}"
             if path not in work.edited and path not in work.written:
                 original = work.tree.read(path)
-                appended = _append_resource_fast(original, entry, folder=folder)
-                if appended is not None:
-                    if appended != original:
-                        work.write(path, appended)
+                added = _add_resource_fast(original, entry, folder=folder)
+                if added is not None:
+                    if added != original:
+                        work.write(path, added)
                     return
             add_resource(work.yaml(path), entry, folder=folder)
             return
@@ -475,8 +366,8 @@ def _list_rollout(work: _Workspace, *, cluster: str, namespace: str, model: str)
 # ---------------------------------------------------------------------------------------------
 # The common kustomization edit without the round-trip engine
 #
-# Adopting a 1,000-model namespace appends 1,000 entries to one kustomization.yaml; through
-# `manifest_edits` each append composes the growing file with pure-Python ruamel four times
+# Adopting a 1,000-model namespace adds 1,000 entries to one kustomization.yaml; through
+# `manifest_edits` each addition composes the growing file with pure-Python ruamel four times
 # (minutes at 10,000 models). A plain block list of one-line entries, the layout nearly every
 # kustomization has, gets the same bytes here from libyaml positions; anything else (flow lists,
 # several documents, tabs, CR line ends, non-ASCII, multi-line entries) goes the general way.
@@ -486,21 +377,27 @@ _ITEM_LINE = re.compile(r"( *)- +")
 _UNUSUAL = (b"\r", b"\t", b"&", b"*", b"<<", b"!", b"%", b"|", b">")
 """Line ends, anchors, aliases, merge keys, tags, directives and block scalars."""
 _FastLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_STR_TAG = "tag:yaml.org,2002:str"
 
 
 @dataclass(frozen=True)
 class _Listing:
-    """Where the next ``resources:`` entry of a simple kustomization goes."""
+    """Where new ``resources:`` entries of a simple kustomization go."""
 
     entries: frozenset[str | None]
     """What the entries resolve to (str entries only)."""
-    at: int
-    """Index the next entry's line is inserted at."""
-    lead: str
-    """A line break to write first (the file does not end with one)."""
+    slots: Mapping[str, int]
+    """Each `resource_group` (a model's folder) listed: its position in `last`. Shared by the
+    listings of one file as it grows, until an entry of a new group comes."""
+    last: array[int]
+    """Per group: the index just past the line of its last entry, where its next entry goes.
+    Never changed: an addition makes a shifted copy (an adoption's 1,000 listings of one file
+    stay a few kilobytes each)."""
+    end: int
+    """The index just past the line of the list's last entry: where other entries go."""
     indent: str
     checked: bool = False
-    """An append to this file was read back and found right (the next ones splice alike)."""
+    """An addition to this file was read back and found right (the next ones splice alike)."""
 
 
 _LISTINGS: dict[tuple[str, bytes], _Listing] = {}
@@ -508,7 +405,7 @@ _LISTINGS: dict[tuple[str, bytes], _Listing] = {}
 _LISTINGS_MAX = 4096
 
 
-def _append_resource_fast(data: bytes, entry: str, *, folder: str) -> bytes | None:
+def _add_resource_fast(data: bytes, entry: str, *, folder: str) -> bytes | None:
     """`add_resource` for a simple kustomization: the new bytes (`data` itself when the entry
     is already listed), or None when the layout needs the round-trip engine."""
     wanted = _resolve(folder, entry)
@@ -522,26 +419,40 @@ def _append_resource_fast(data: bytes, entry: str, *, folder: str) -> bytes | No
         _remember(folder, data, listing)
     if wanted in listing.entries:
         return data
-    body = entry if _SAFE_PLAIN.fullmatch(entry) else scalar_text(entry)
-    line = f"{listing.lead}{listing.indent}- {body}\n"
+    group = resource_group(folder, entry)
+    slot = None if group is None else listing.slots.get(group)
+    at = listing.end if slot is None else listing.last[slot]
     text = data.decode()
-    new = f"{text[: listing.at]}{line}{text[listing.at :]}"
+    lead = "\n" if at == len(text) and not text.endswith("\n") else ""
+    body = entry if _SAFE_PLAIN.fullmatch(entry) else scalar_text(entry)
+    line = f"{lead}{listing.indent}- {body}\n"
+    new = f"{text[:at]}{line}{text[at:]}"
     if not listing.checked:
-        # The layout was judged simple from libyaml's reading: confirm that an append reads
-        # back as the same document plus one entry (later ones repeat exactly this splice).
+        # The layout was judged simple from libyaml's reading: confirm that the splice reads
+        # back as the same document with the entry where `resource_slot` puts it (later
+        # additions repeat this splice after another one-line entry of the same list).
         before = yaml.load(text, Loader=_FastLoader)  # noqa: S506 (libyaml's safe loader)
-        if yaml.load(new, Loader=_FastLoader) != {  # noqa: S506
-            **before,
-            "resources": [*before["resources"], entry],
-        }:
+        listed = before["resources"]
+        index = resource_slot(listed, entry, folder=folder)
+        expected = {**before, "resources": [*listed[:index], entry, *listed[index:]]}
+        if yaml.load(new, Loader=_FastLoader) != expected:  # noqa: S506
             return None
         _remember(folder, data, replace(listing, checked=True))
+    shift = len(line)
+    slots = listing.slots
+    last = array("q", [end + shift if end > at else end for end in listing.last])
+    if lead:
+        # The file's last line had no line break: it now ends with the one `lead` wrote.
+        last = array("q", [at + len(lead) if end == at else end for end in last])
+    if slot is not None:
+        last[slot] = at + shift
+    elif group is not None:
+        slots = {**slots, group: len(last)}
+        last.append(at + shift)
+    entries = listing.entries | {wanted}
+    grown = _Listing(entries, slots, last, listing.end + shift, listing.indent, checked=True)
     out = new.encode()
-    _remember(
-        folder,
-        out,
-        _Listing(listing.entries | {wanted}, listing.at + len(line), "", listing.indent, True),
-    )
+    _remember(folder, out, grown)
     return out
 
 
@@ -552,7 +463,7 @@ def _remember(folder: str, data: bytes, listing: _Listing) -> None:
 
 
 def _listing(data: bytes, folder: str) -> _Listing | None:
-    """The listing of a kustomization in the layout `_append_resource_fast` handles, or None."""
+    """The listing of a kustomization in the layout `_add_resource_fast` handles, or None."""
     if not data.isascii() or any(c in data for c in _UNUSUAL):
         return None
     text = data.decode()
@@ -573,22 +484,39 @@ def _listing(data: bytes, folder: str) -> _Listing | None:
         for i in items
     ):
         return None
-    lines = text.split("\n")
-    last = items[-1]
-    row = last.start_mark.line
-    dash = _ITEM_LINE.match(lines[row])
-    if dash is None or dash.end() != last.start_mark.column:
-        return None
-    at = sum(len(line) + 1 for line in lines[: row + 1])
-    lead = ""
-    if at > len(text):
-        at, lead = len(text), "\n"
-    # An entry that resolves to a path with "/" reads as a string in YAML 1.1 and 1.2 alike,
-    # so libyaml's tags decide presence as the round-trip engine would.
-    entries = frozenset(
-        _resolve(folder, i.value) for i in items if i.tag == "tag:yaml.org,2002:str"
-    )
-    return _Listing(entries, at, lead, dash.group(1))
+    indent = ""
+    entries: set[str | None] = set()
+    slots: dict[str, int] = {}
+    last = array("q")
+    end = 0
+    for n, item in enumerate(items):
+        start = item.start_mark.index
+        dash = _ITEM_LINE.match(text, start - item.start_mark.column)
+        if dash is None or dash.end() != start:
+            return None
+        if n == 0:
+            indent = dash.group(1)  # a block list's dashes share one column
+        end = text.find("\n", item.end_mark.index) + 1 or len(text)
+        value: str = item.value
+        is_str = item.tag == _STR_TAG
+        if not item.style and "/" not in value and is_str != reads_as_string(value):
+            # libyaml reads YAML 1.1 and the round-trip engine 1.2: where they disagree on
+            # whether an entry is a path (``yes``, ``0o10``), only the engine knows its group.
+            return None
+        if not is_str:
+            continue
+        # An entry that resolves to a path with "/" reads as a string in YAML 1.1 and 1.2 alike,
+        # so libyaml's tags decide presence and groups as the round-trip engine would.
+        entries.add(_resolve(folder, value))
+        group = resource_group(folder, value)
+        if group is None:
+            continue
+        slot = slots.setdefault(group, len(last))
+        if slot == len(last):
+            last.append(end)
+        else:
+            last[slot] = end
+    return _Listing(frozenset(entries), slots, last, end, indent)
 
 
 def _plain_keys(node: yaml.Node) -> bool:
