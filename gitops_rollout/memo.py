@@ -437,6 +437,9 @@ class _ListedOnce:
     def open_or_update(self, draft: PullRequestDraft) -> PullRequest:
         return self._host.open_or_update(draft)
 
+    def mergeable(self, number: int) -> bool | None:
+        return self._host.mergeable(number)
+
     def comment(self, number: int, body: str) -> None:
         self._host.comment(number, body)
 

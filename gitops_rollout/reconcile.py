@@ -631,18 +631,21 @@ def publish(
                 _note_human_edit(host, edited, head=edit.head, what=edit.describe(), report=report)
             continue
         current = open_by_head.get(prop.branch)
-        if (
-            not prop.auto_merge
-            and current is not None
-            and _digest_of(current) == prop.digest
-            and current.mergeable is not False
-        ):
+        if not prop.auto_merge and current is not None and _digest_of(current) == prop.digest:
             # The same decision waits for a reviewer. Rebuilding it would only refresh the
             # reason's numbers, and a new commit dismisses approvals on most hosts: leave it,
-            # unless the host says it no longer merges cleanly.
-            for d in prop.decisions:
-                d.outcome, d.pr, d.pr_url = "unchanged", current.number, current.url
-            continue
+            # unless the host says it no longer merges cleanly. Asked here, for these pull
+            # requests only (listings do not say); a host that cannot tell is no reason to
+            # dismiss approvals.
+            try:
+                mergeable = host.mergeable(current.number)
+            except RolloutError as err:
+                report.error("host", f"asking whether #{current.number} still merges: {err}")
+                mergeable = None
+            if mergeable is not False:
+                for d in prop.decisions:
+                    d.outcome, d.pr, d.pr_url = "unchanged", current.number, current.url
+                continue
         requests.append(CommitRequest(prop.branch, prop.changes, prop.message))
     by_branch = {p.branch: p for p in todo}
     try:

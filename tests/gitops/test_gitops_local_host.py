@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gitops_helpers import T0, Clock, Remote, git
@@ -12,7 +15,14 @@ from gitops_helpers import T0, Clock, Remote, git
 from gitops_rollout.errors import HostError
 from gitops_rollout.gitops.hosts import HOSTS, HostConfig, UnknownHostError, make_host
 from gitops_rollout.gitops.hosts.base import PullRequestDraft, PullState
-from gitops_rollout.gitops.hosts.local import PULLS_DIR, LocalHost
+from gitops_rollout.gitops.hosts.local import (
+    INDEX_DIR,
+    INDEX_MARK,
+    PULLS_DIR,
+    LocalHost,
+    PullRecord,
+    _Repo,
+)
 
 ROUTING = "clusters/prod/ml/wisdom/rollout/routing.yaml"
 HEAD = "gitops-rollout/prod/ml/wisdom"
@@ -253,3 +263,232 @@ def test_registry_builds_the_local_host_and_refuses_unknown_kinds(remote: Remote
     assert err.value.exit_code == 1
     with pytest.raises(HostError, match="is not a bare Git repository"):
         make_host("local", HostConfig(remote=str(Path(remote.path).parent)))
+
+
+# -- cost at scale: the index, and no mergeability in listings ---------------------------------
+
+
+def bot_branches(
+    remote: Remote, count: int, *, prefix: str = "gitops-rollout/prod/ml/m"
+) -> list[str]:
+    """`count` bot branches, one commit each on top of main (plumbing: many pushes are slow)."""
+    bare = str(remote.path)
+    lines = []
+    for i in range(count):
+        sha = git(
+            "--git-dir", bare, "commit-tree", "main^{tree}", "-p", "main", "-m", f"{prefix}{i}"
+        ).strip()
+        lines.append(f"create refs/heads/{prefix}{i} {sha}\n")
+    subprocess.run(
+        ["git", "--git-dir", bare, "update-ref", "--stdin"],
+        input="".join(lines).encode(),
+        check=True,
+    )
+    return [f"{prefix}{i}" for i in range(count)]
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the pull request records every LocalHost reads from now on."""
+    seen: list[str] = []
+    read = LocalHost._read
+
+    def counting(path: Path) -> PullRecord | None:
+        seen.append(path.name)
+        return read(path)
+
+    monkeypatch.setattr(LocalHost, "_read", staticmethod(counting))
+    return seen
+
+
+@pytest.fixture
+def git_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The git subcommands every LocalHost runs from now on."""
+    seen: list[str] = []
+    run = _Repo.run
+
+    def counting(self: _Repo, *args: str, **kwargs: Any) -> tuple[int, str, str]:
+        seen.append(args[0])
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(_Repo, "run", counting)
+    return seen
+
+
+def test_open_or_update_reads_only_its_own_record(
+    remote: Remote, clock: Clock, reads: list[str], git_calls: list[str]
+) -> None:
+    heads = bot_branches(remote, 40)
+    host = LocalHost(remote.path, clock=clock)
+    for head in heads:
+        host.open_or_update(draft(head))
+    reads.clear()
+    git_calls.clear()
+
+    updated = LocalHost(remote.path, clock=clock).open_or_update(draft(heads[17], body="second"))
+
+    assert (updated.number, updated.body) == (18, "second")
+    assert reads == ["18.json"], "the other 39 records are not read"
+    # Two git calls, neither reading every ref (as for-each-ref does) or every branch.
+    assert git_calls == ["cat-file", "merge-base"]
+    # A branch without a pull request yet: no record read at all, one claimed number.
+    [new] = bot_branches(remote, 1, prefix="gitops-rollout/staging/ml/m")
+    reads.clear()
+    assert host.open_or_update(draft(new)).number == 41
+    assert reads == []
+
+
+def test_listings_and_updates_compute_no_mergeability(
+    host: LocalHost, remote: Remote, git_calls: list[str]
+) -> None:
+    bot_branch(remote)
+    opened = host.open_or_update(draft())
+    remote.commit({ROUTING: "spec: {w: 99} # hand edit\n"})
+    git_calls.clear()
+
+    updated = host.open_or_update(draft(body="second"))
+    [listed] = host.pulls_for_prefix("gitops-rollout/", base="main")
+
+    assert opened.mergeable is updated.mergeable is listed.mergeable is None
+    assert "merge-tree" not in git_calls
+    assert host.mergeable(opened.number) is False
+
+
+MERGEABILITY = [
+    pytest.param("open", True, id="merges-cleanly"),
+    pytest.param("conflicting", False, id="conflicts-with-a-push-to-main"),
+    pytest.param("merged", None, id="merged"),
+    pytest.param("closed", None, id="closed"),
+    pytest.param("merged-outside", None, id="head-reached-main-outside-the-host"),
+]
+
+
+@pytest.mark.parametrize(("state", "expected"), MERGEABILITY)
+def test_mergeable_answers_for_one_pull_request_now(
+    host: LocalHost, remote: Remote, state: str, expected: bool | None
+) -> None:
+    head = bot_branch(remote)
+    pr = host.open_or_update(draft())
+    if state == "conflicting":
+        remote.commit({ROUTING: "spec: {w: 99} # hand edit\n"})
+    elif state == "merged":
+        assert host.merge(pr.number, message="merge #1").merged
+    elif state == "closed":
+        host.close(pr.number)
+    elif state == "merged-outside":
+        git("--git-dir", str(remote.path), "update-ref", "refs/heads/main", head)
+
+    assert host.mergeable(pr.number) is expected
+
+
+def test_mergeable_of_an_unknown_number_is_a_host_error(host: LocalHost) -> None:
+    with pytest.raises(HostError, match=r"no pull request #9 in "):
+        host.mergeable(9)
+
+
+def entry_of(remote: Remote, head: str) -> Path:
+    """The index file of `head` (found by its content: the file name is a hash)."""
+    for path in (remote.path / INDEX_DIR).glob("*.json"):
+        if json.loads(path.read_text())["head"] == head:
+            return path
+    raise AssertionError(f"{head} is not in the index")
+
+
+OTHER = "gitops-rollout/prod/ml/iris"
+
+
+def damage(remote: Remote, how: str) -> None:
+    index, mark = remote.path / INDEX_DIR, remote.path / INDEX_MARK
+    if how == "no-index":
+        shutil.rmtree(index)
+        mark.unlink()
+    elif how == "no-mark":
+        mark.unlink()
+    elif how == "garbled-mark":
+        mark.write_text("{not json")
+    elif how == "garbled-entry":
+        entry_of(remote, HEAD).write_text("")
+    elif how == "entry-names-another-branch":
+        path = entry_of(remote, HEAD)
+        path.write_text(json.dumps({"format": 1, "head": HEAD, "latest": {"main": 2}}))
+    elif how == "entry-names-a-missing-record":
+        path = entry_of(remote, HEAD)
+        path.write_text(json.dumps({"format": 1, "head": HEAD, "latest": {"main": 7}}))
+    else:
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param("no-index", id="a-repository-from-before-the-index"),
+        pytest.param("no-mark", id="mark-lost"),
+        pytest.param("garbled-mark", id="mark-unreadable"),
+        pytest.param("garbled-entry", id="entry-unreadable"),
+        pytest.param("entry-names-another-branch", id="entry-names-another-branch"),
+        pytest.param("entry-names-a-missing-record", id="entry-names-a-missing-record"),
+    ],
+)
+def test_a_missing_or_stale_index_is_rebuilt_from_the_records(
+    host: LocalHost, remote: Remote, clock: Clock, reads: list[str], how: str
+) -> None:
+    # HEAD: #1 closed, #3 open; OTHER: #2 open.
+    bot_branch(remote)
+    host.close(host.open_or_update(draft()).number)
+    bot_branch(remote, head=OTHER)
+    host.open_or_update(draft(OTHER))
+    bot_branch(remote, "spec: {w: 20}\n")
+    assert host.open_or_update(draft()).number == 3
+    damage(remote, how)
+
+    fresh = LocalHost(remote.path, clock=clock)
+    again = fresh.open_or_update(draft(body="after the damage"))
+
+    assert (again.number, again.body) == (3, "after the damage")
+    assert [(r.number, r.head) for r in fresh.list_pulls(state=PullState.OPEN)] == [
+        (3, HEAD),
+        (2, OTHER),
+    ]
+    assert fresh.open_or_update(draft(OTHER)).number == 2
+    # Rebuilt for good: the next look-up reads one record again.
+    reads.clear()
+    fresh.open_or_update(draft(body="later"))
+    assert reads == ["3.json"]
+
+
+CRASHES = [
+    # (the step that dies, the number the retry ends with)
+    pytest.param("_save", 3, id="after-claiming-a-number-before-writing-the-record"),
+    pytest.param("_index_record", 2, id="after-writing-the-record-before-indexing-it"),
+]
+
+
+@pytest.mark.parametrize(("step", "number"), CRASHES)
+def test_a_crash_while_opening_loses_nothing_and_opens_nothing_twice(
+    host: LocalHost,
+    remote: Remote,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+    number: int,
+) -> None:
+    bot_branch(remote)
+    host.close(host.open_or_update(draft()).number)
+    head = bot_branch(remote, "spec: {w: 20}\n")
+
+    def dies(*args: object) -> None:
+        raise KeyboardInterrupt  # the process is killed here
+
+    monkeypatch.setattr(host, step, dies)
+    with pytest.raises(KeyboardInterrupt):
+        host.open_or_update(draft(body="first try"))
+
+    fresh = LocalHost(remote.path, clock=clock)
+    retried = fresh.open_or_update(draft(body="retry"))
+    assert retried.number == number
+    assert [r.number for r in fresh.list_pulls(state=PullState.OPEN)] == [number]
+    assert remote.refs()[f"refs/pull/{number}/head"] == head
+    assert [p.number for p in fresh.pulls_for_prefix("gitops-rollout/", base="main")] == [
+        number,
+        1,
+    ]

@@ -37,7 +37,8 @@ class PullRequest:
     url: str = ""
     labels: tuple[str, ...] = ()
     mergeable: bool | None = None
-    """None while the host has not computed it yet."""
+    """What the host said when it reported this pull request; None when it did not compute
+    it (listings on GitHub and the local host never do). Ask `GitHost.mergeable` for now."""
     checks_passed: bool | None = None
     """Required checks and approvals met; None when the host does not say."""
 
@@ -91,6 +92,15 @@ class GitHost(Protocol):
         Never opens a second open pull request for the same head ("already exists" is adopted).
         Changing an open pull request cancels a merge queued on the host for its old content
         (`merge` queues again when the new content may be merged).
+        """
+        ...
+
+    def mergeable(self, number: int) -> bool | None:
+        """Whether open pull request `number` merges cleanly into its base now; None when the
+        host has not computed it yet or the pull request is not open.
+
+        One read of one pull request: listings do not say (GitHub computes it on a single
+        read only), so the reconciler asks only about pull requests it means to leave alone.
         """
         ...
 

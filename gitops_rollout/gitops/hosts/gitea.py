@@ -191,6 +191,11 @@ class GiteaHost:
             )
             return pull
 
+    def mergeable(self, number: int) -> bool | None:
+        with self._failures(f"read pull request #{number}"):
+            # Gitea says false while it is still checking too: it cannot answer None.
+            return _parse(self._call("GET", f"/pulls/{number}").json()).mergeable
+
     def comment(self, number: int, body: str) -> None:
         with self._failures(f"comment on pull request #{number}"):
             self._call("POST", f"/issues/{number}/comments", json={"body": redact(body)})

@@ -265,6 +265,11 @@ class GitHubHost:
             )
             return replace(_parse(pr), labels=labels)
 
+    def mergeable(self, number: int) -> bool | None:
+        with self._failures(f"read pull request #{number}"):
+            # A single read: GitHub starts computing it on the first and says null until then.
+            return _parse(self._repo.get_pull(number), detailed=True).mergeable
+
     def comment(self, number: int, body: str) -> None:
         with self._failures(f"comment on pull request #{number}"):
             self._issue(number).create_comment(redact(body))

@@ -193,6 +193,10 @@ class GitLabHost:
             )
             return pull
 
+    def mergeable(self, number: int) -> bool | None:
+        with self._failures(f"read merge request !{number}"):
+            return _parse(self._mrs.get(number).attributes).mergeable
+
     def comment(self, number: int, body: str) -> None:
         with self._failures(f"comment on merge request !{number}"):
             self._mrs.get(number, lazy=True).notes.create({"body": redact(body)})

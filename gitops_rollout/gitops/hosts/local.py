@@ -8,13 +8,21 @@ follows its head branch; one whose head reached the base outside the host counts
 one whose branch was deleted counts as closed. Merging happens server-side, as on a real host:
 ``git merge-tree --write-tree`` (git >= 2.38), a merge commit, and a compare-and-swap of the base
 branch. A conflict is reported, never forced. Pushing branches is `gitops.repo`'s job.
+
+Opening or updating the pull request of one branch costs the same however many records there
+are: an index under ``<bare>/gitops-rollout/heads/`` names each head branch's newest pull
+request, and only that record is read and brought up to date. Listings compute no mergeability,
+like GitHub's; `LocalHost.mergeable` answers for one pull request.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
+import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,8 +42,14 @@ if TYPE_CHECKING:
     # must stay independent of each other (.importlinter).
     from gitops_rollout.gitops.hosts.config import HostConfig
 
+log = logging.getLogger(__name__)
+
 PULLS_DIR = "gitops-rollout/pulls"
 """Where pull request records live, relative to the bare repository."""
+INDEX_DIR = "gitops-rollout/heads"
+"""The index: one file per head branch naming its newest pull request into each base."""
+INDEX_MARK = "gitops-rollout/heads.json"
+"""Up to which number every record is in the index (records above it are indexed on read)."""
 
 _LOCK = "gitops-rollout/pulls.lock"
 _FORMAT = 1
@@ -157,15 +171,30 @@ class _Repo:
         return out
 
     def refs(self, *patterns: str) -> dict[str, str]:
+        """{ref: sha} of every ref under the prefixes `patterns` (one scan of all refs)."""
         out = self.check("for-each-ref", "--format=%(objectname) %(refname)", *patterns)
         pairs = (line.split(" ", 1) for line in out.splitlines() if line)
         return {ref: sha for sha, ref in pairs}
+
+    def resolve(self, *names: str) -> dict[str, str]:
+        """{name: sha} of those of the full ref names `names` that exist. Exact look-ups:
+        for-each-ref reads every loose ref, thousands of them once pull requests pile up."""
+        query = "".join(f"{name}\n" for name in names).encode()
+        out = self.check("cat-file", "--batch-check=%(objectname)", stdin=query)
+        lines = out.splitlines()
+        return {
+            name: line for name, line in zip(names, lines, strict=True) if line != f"{name} missing"
+        }
 
     def is_ancestor(self, older: str, newer: str) -> bool:
         code, _, err = self.run("merge-base", "--is-ancestor", older, newer)
         if code > 1:
             raise HostError(f"git merge-base failed in {self.path}: {err.strip()}")
         return code == 0
+
+
+class _StaleIndex(Exception):
+    """The index disagrees with the records (or cannot be read): it is rebuilt from them."""
 
 
 class LocalHost:
@@ -191,6 +220,8 @@ class LocalHost:
         self._identity = identity
         self._attempts = max(1, max_merge_attempts)
         self._dir = self.bare / PULLS_DIR
+        self._index = self.bare / INDEX_DIR
+        self._mark = self.bare / INDEX_MARK
         self._held = 0
 
     @classmethod
@@ -213,12 +244,21 @@ class LocalHost:
         ]
 
     def open_or_update(self, draft: PullRequestDraft) -> PullRequest:
-        """Open a pull request for `draft.head`, or update the open one (never a second)."""
+        """Open a pull request for `draft.head`, or update the open one (never a second).
+
+        Only the head's newest record is read: an open one is always the newest, since a new
+        pull request is opened only when none is open.
+        """
+        head_ref, base_ref = f"refs/heads/{draft.head}", f"refs/heads/{draft.base}"
         with self._locked():
-            records = self._refreshed()
-            heads = self._git.refs(f"refs/heads/{draft.head}", f"refs/heads/{draft.base}")
-            head_sha = heads.get(f"refs/heads/{draft.head}")
-            base_sha = heads.get(f"refs/heads/{draft.base}")
+            latest, through = self._latest(draft.head, draft.base)
+            patterns = [head_ref, base_ref]
+            if latest is not None and latest.state is PullState.OPEN:
+                patterns.append(f"refs/pull/{latest.number}/head")
+            refs = self._git.resolve(*patterns)
+            if latest is not None:
+                latest = self._refresh_one(latest, refs)
+            head_sha, base_sha = refs.get(head_ref), refs.get(base_ref)
             if head_sha is None:
                 raise HostError(
                     f"branch {draft.head!r} does not exist in {self.bare}; push it first"
@@ -226,27 +266,23 @@ class LocalHost:
             if base_sha is None:
                 raise HostError(f"base branch {draft.base!r} does not exist in {self.bare}")
             now = self._clock()
-            for record in sorted(records, key=lambda r: r.number):
-                if record.state is PullState.OPEN and (record.head, record.base) == (
-                    draft.head,
-                    draft.base,
-                ):
-                    updated = replace(
-                        record,
-                        title=draft.title,
-                        body=draft.body,
-                        labels=tuple(draft.labels),
-                        reviewers=tuple(dict.fromkeys((*record.reviewers, *draft.reviewers))),
-                    )
-                    if updated != record:
-                        updated = replace(updated, updated_at=now)
-                        self._save(updated)
-                    return self._pull(updated)
+            if latest is not None and latest.state is PullState.OPEN:
+                updated = replace(
+                    latest,
+                    title=draft.title,
+                    body=draft.body,
+                    labels=tuple(draft.labels),
+                    reviewers=tuple(dict.fromkeys((*latest.reviewers, *draft.reviewers))),
+                )
+                if updated != latest:
+                    updated = replace(updated, updated_at=now)
+                    self._save(updated)
+                return self._pull(updated)
             if self._git.is_ancestor(head_sha, base_sha):
                 raise HostError(
                     f"no commits between {draft.base!r} and {draft.head!r}: nothing to review"
                 )
-            number = self._claim_number()
+            number = self._claim_number(after=through)
             record = PullRecord(
                 number=number,
                 head=draft.head,
@@ -261,8 +297,20 @@ class LocalHost:
                 reviewers=tuple(draft.reviewers),
             )
             self._save(record)
+            # Dying before this is safe: the next look-up indexes records above the mark.
+            self._index_record(record)
+            if number == through + 1:
+                _write_json(self._mark, {"format": _FORMAT, "through": number})
             self._git.check("update-ref", f"refs/pull/{number}/head", head_sha)
             return self._pull(record)
+
+    def mergeable(self, number: int) -> bool | None:
+        """Whether open pull request `number` merges cleanly into its base now (a trial merge
+        with ``git merge-tree``); None when it is not open."""
+        record = self.show(number)
+        if record.state is not PullState.OPEN:
+            return None
+        return self._conflicts_of(record) is None
 
     def comment(self, number: int, body: str, *, by: str | None = None) -> None:
         """Add a comment to pull request `number`."""
@@ -293,7 +341,7 @@ class LocalHost:
                 return MergeResult(False, reason=f"pull request #{number} is closed")
             for _ in range(self._attempts):
                 base_ref = f"refs/heads/{record.base}"
-                base_sha = self._git.refs(base_ref).get(base_ref)
+                base_sha = self._git.resolve(base_ref).get(base_ref)
                 if base_sha is None:
                     return MergeResult(False, reason=f"base branch {record.base!r} is gone")
                 code, out, err = self._git.run(
@@ -349,7 +397,7 @@ class LocalHost:
                     )
                     self._save(merged)
                     return MergeResult(True, merge_sha)
-                if self._git.refs(base_ref).get(base_ref) == base_sha:
+                if self._git.resolve(base_ref).get(base_ref) == base_sha:
                     raise HostError(f"cannot update {base_ref} in {self.bare}: {err.strip()}")
                 # The base moved under us (a push landed): merge again onto the new base.
                 record = self._refresh_one(replace(record, merging=None))
@@ -394,18 +442,7 @@ class LocalHost:
         record = self.show(number)
         if record.state is not PullState.OPEN:
             return []
-        code, out, err = self._git.run(
-            "merge-tree",
-            "--write-tree",
-            "-z",
-            "--name-only",
-            "--no-messages",
-            f"refs/heads/{record.base}",
-            record.head_sha,
-        )
-        if code > 1:
-            raise HostError(f"git merge-tree failed in {self.bare}: {err.strip()}")
-        return sorted({f for f in out.split("\0")[1:] if f}) if code == 1 else []
+        return self._conflicts_of(record) or []
 
     def diffstat(self, number: int) -> str:
         """``git diff --stat`` of the change the pull request brings (base...head)."""
@@ -416,7 +453,8 @@ class LocalHost:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        # One lock for every change to records and pull refs; reentrant within this object.
+        # One lock for every change to records, the index and pull refs; reentrant within
+        # this object.
         if self._held:
             self._held += 1
             try:
@@ -437,9 +475,10 @@ class LocalHost:
     def _path(self, number: int) -> Path:
         return self._dir / f"{number}.json"
 
-    def _claim_number(self) -> int:
-        numbers = [int(p.stem) for p in self._dir.glob("*.json") if p.stem.isdigit()]
-        number = max(numbers, default=0) + 1
+    def _claim_number(self, *, after: int) -> int:
+        """The first free number above `after`, the index's mark (every number up to it is
+        taken), claimed with O_EXCL."""
+        number = after + 1
         while True:
             try:
                 fd = os.open(self._path(number), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -450,24 +489,20 @@ class LocalHost:
             return number
 
     def _save(self, record: PullRecord) -> None:
-        data = json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{record.number}.", suffix=".tmp", dir=self._dir)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self._path(record.number))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_json(self._path(record.number), record.to_json())
 
     def _load(self, number: int) -> PullRecord:
-        path = self._path(number)
-        record = self._read(path) if path.is_file() else None
+        record = self._record(number)
         if record is None:
             raise HostError(f"no pull request #{number} in {self.bare}")
         return record
+
+    def _record(self, number: int) -> PullRecord | None:
+        """Record `number`; None when there is none (or its number was claimed, never written)."""
+        try:
+            return self._read(self._path(number))
+        except FileNotFoundError:
+            return None
 
     @staticmethod
     def _read(path: Path) -> PullRecord | None:
@@ -479,25 +514,37 @@ class LocalHost:
         except (ValueError, KeyError, TypeError) as err:
             raise HostError(f"{path} is not a pull request record: {err}") from err
 
-    def _all(self) -> list[PullRecord]:
+    def _record_paths(self) -> list[Path]:
         if not self._dir.is_dir():
             return []
-        paths = (p for p in self._dir.glob("*.json") if p.stem.isdigit())
-        return [r for r in (self._read(p) for p in paths) if r is not None]
+        return [p for p in self._dir.glob("*.json") if p.stem.isdigit()]
+
+    def _all(self) -> list[PullRecord]:
+        return [r for r in (self._read(p) for p in self._record_paths()) if r is not None]
 
     def _refreshed(self) -> list[PullRecord]:
         records = self._all()
         if any(r.state is PullState.OPEN for r in records):
             refs = self._git.refs("refs/heads/", "refs/pull/")
             merged = self._merged_heads({r.base for r in records if r.state is PullState.OPEN})
-            records = [self._sync(r, refs, merged) for r in records]
+            records = [
+                self._sync(
+                    r, refs, reached=refs.get(f"refs/heads/{r.head}") in merged.get(r.base, ())
+                )
+                for r in records
+            ]
         return records
 
-    def _refresh_one(self, record: PullRecord) -> PullRecord:
+    def _refresh_one(self, record: PullRecord, refs: dict[str, str] | None = None) -> PullRecord:
+        """`record` brought up to date with the repository: two git calls, whatever the number
+        of branches. `refs`, when given, holds its head branch and pull ref."""
         if record.state is not PullState.OPEN:
             return record
-        refs = self._git.refs(f"refs/heads/{record.head}", f"refs/pull/{record.number}/head")
-        return self._sync(record, refs, self._merged_heads({record.base}))
+        if refs is None:
+            refs = self._git.resolve(f"refs/heads/{record.head}", f"refs/pull/{record.number}/head")
+        head = refs.get(f"refs/heads/{record.head}")
+        reached = head is not None and self._git.is_ancestor(head, f"refs/heads/{record.base}")
+        return self._sync(record, refs, reached=reached)
 
     def _merged_heads(self, bases: set[str]) -> dict[str, set[str]]:
         """{base: shas of branch heads already reachable from it}, one call per base."""
@@ -512,13 +559,19 @@ class LocalHost:
             merged[base] = set(out.split())
         return merged
 
-    def _sync(
-        self, record: PullRecord, refs: dict[str, str], merged: dict[str, set[str]]
-    ) -> PullRecord:
-        """An open pull request as a host would show it now: following its branch."""
+    def _sync(self, record: PullRecord, refs: dict[str, str], *, reached: bool) -> PullRecord:
+        """An open pull request as a host would show it now: following its branch. `reached`
+        says its head branch's commit is on the base branch already."""
         if record.state is not PullState.OPEN:
             return record
         head = refs.get(f"refs/heads/{record.head}")
+        landed = (
+            record.merging
+            if head is not None
+            and record.merging is not None
+            and self._landed(record.merging, record.base)
+            else None
+        )
         updated = record
         if head is None:
             now = self._clock()
@@ -529,17 +582,12 @@ class LocalHost:
                 closed_by=None,
                 comments=(*record.comments, Comment(self._user, "head branch deleted", now)),
             )
-        elif head in merged.get(record.base, set()) or (
-            record.merging and self._landed(record.merging, record.base)
-        ):
-            landed = head
-            if record.merging and self._landed(record.merging, record.base):
-                landed = record.merging
+        elif reached or landed is not None:
             updated = replace(
                 record,
                 state=PullState.MERGED,
                 head_sha=head,
-                merge_sha=landed,
+                merge_sha=landed or head,
                 merged_at=self._clock(),
             )
         elif head != record.head_sha:
@@ -555,7 +603,24 @@ class LocalHost:
         code, _, _ = self._git.run("cat-file", "-e", f"{sha}^{{commit}}")
         return code == 0 and self._git.is_ancestor(sha, f"refs/heads/{base}")
 
+    def _conflicts_of(self, record: PullRecord) -> list[str] | None:
+        """None when `record` merges cleanly into its base now, else the conflicting files."""
+        code, out, err = self._git.run(
+            "merge-tree",
+            "--write-tree",
+            "-z",
+            "--name-only",
+            "--no-messages",
+            f"refs/heads/{record.base}",
+            record.head_sha,
+        )
+        if code > 1:
+            raise HostError(f"git merge-tree failed in {self.bare}: {err.strip()}")
+        return sorted({f for f in out.split("\0")[1:] if f}) if code == 1 else None
+
     def _pull(self, record: PullRecord) -> PullRequest:
+        # No `mergeable`: a trial merge per pull request is what made listings slow, and real
+        # hosts leave it out of listings too. `mergeable` answers for one pull request.
         return PullRequest(
             number=record.number,
             head=record.head,
@@ -567,21 +632,144 @@ class LocalHost:
             merge_sha=record.merge_sha,
             url=f"{self.bare.as_uri()}#pull/{record.number}",
             labels=record.labels,
-            mergeable=self._mergeable(record),
         )
 
-    def _mergeable(self, record: PullRecord) -> bool | None:
-        """Whether an open pull request merges cleanly into its base now (as real hosts say)."""
-        if record.state is not PullState.OPEN:
+    # -- the index: head branch -> number of its newest pull request ---------------------------
+    #
+    # ``heads/<sha256 of the branch name>.json`` says {"head": name, "latest": {base: number}};
+    # ``heads.json`` says {"through": n}: every record numbered up to n is in the index. A new
+    # record is indexed right after it is written. Records above the mark (a process that died
+    # in between, or a version that kept no index) are indexed by the next look-up, which costs
+    # one stat when there are none. A missing mark, or an entry the records contradict, makes
+    # the look-up rebuild the index from the records. Everything here runs under the lock.
+    # Entries are the host's own: deleting heads.json has the whole index rebuilt; an entry
+    # deleted by hand goes unnoticed (its branch would get a second pull request).
+
+    def _latest(self, head: str, base: str) -> tuple[PullRecord | None, int]:
+        """The newest pull request from `head` into `base` (reading no other record), and the
+        number up to which every record is indexed."""
+        try:
+            through = self._read_mark()
+            through = self._catch_up(through) if through is not None else self._rebuild_index()
+            return self._lookup(head, base), through
+        except _StaleIndex as err:
+            log.warning("%s: %s; rebuilding the pull request index", self.bare, err)
+            through = self._rebuild_index()
+        try:
+            return self._lookup(head, base), through
+        except _StaleIndex as err:
+            raise HostError(
+                f"the pull request index of {self.bare} is inconsistent: {err}"
+            ) from err
+
+    def _lookup(self, head: str, base: str) -> PullRecord | None:
+        path = self._entry_path(head)
+        number = self._read_entry(path, head).get(base)
+        if number is None:
             return None
-        code, _, _ = self._git.run(
-            "merge-tree",
-            "--write-tree",
-            "--no-messages",
-            f"refs/heads/{record.base}",
-            record.head_sha,
-        )
-        return {0: True, 1: False}.get(code)
+        record = self._record(number)
+        if record is None or (record.head, record.base) != (head, base):
+            found = (
+                "no record" if record is None else f"the record of {record.head} -> {record.base}"
+            )
+            raise _StaleIndex(f"{path} names #{number} for {head} -> {base}, but that is {found}")
+        return record
+
+    def _catch_up(self, through: int) -> int:
+        """Index the records numbered above the mark `through` (normally none); the new mark."""
+        number = through
+        while self._path(number + 1).exists():
+            number += 1
+            record = self._record(number)
+            if record is not None:
+                self._index_record(record)
+        if number != through:
+            _write_json(self._mark, {"format": _FORMAT, "through": number})
+        return number
+
+    def _index_record(self, record: PullRecord) -> None:
+        path = self._entry_path(record.head)
+        latest = self._read_entry(path, record.head)
+        if latest.get(record.base, 0) < record.number:
+            self._write_entry(path, record.head, {**latest, record.base: record.number})
+
+    def _rebuild_index(self) -> int:
+        """The index made anew from every record (a repository without one yet, or one that
+        disagrees with the records); the new mark."""
+        # Without a mark the index is rebuilt again, should this one be interrupted.
+        self._mark.unlink(missing_ok=True)
+        latest: dict[str, dict[str, int]] = {}
+        through = 0
+        for path in self._record_paths():
+            through = max(through, int(path.stem))
+            record = self._read(path)
+            if record is not None:
+                bases = latest.setdefault(record.head, {})
+                bases[record.base] = max(bases.get(record.base, 0), record.number)
+        if self._index.exists():
+            shutil.rmtree(self._index)
+        for head, bases in latest.items():
+            self._write_entry(self._entry_path(head), head, bases)
+        _write_json(self._mark, {"format": _FORMAT, "through": through})
+        if latest:
+            log.info("%s: indexed the pull requests of %d branches", self.bare, len(latest))
+        return through
+
+    def _read_mark(self) -> int | None:
+        try:
+            data = json.loads(self._mark.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as err:
+            raise _StaleIndex(f"{self._mark} cannot be read: {err}") from err
+        if (
+            not isinstance(data, dict)
+            or data.get("format") != _FORMAT
+            or not isinstance(data.get("through"), int)
+        ):
+            raise _StaleIndex(f"{self._mark} is not an index mark of format {_FORMAT}")
+        return int(data["through"])
+
+    def _entry_path(self, head: str) -> Path:
+        # Hashed: branch names have slashes and may be longer than a file name may be.
+        return self._index / f"{hashlib.sha256(head.encode()).hexdigest()}.json"
+
+    @staticmethod
+    def _read_entry(path: Path, head: str) -> dict[str, int]:
+        """{base: number of the newest pull request from `head`}; empty when there is none."""
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as err:
+            raise _StaleIndex(f"{path} cannot be read: {err}") from err
+        latest = data.get("latest") if isinstance(data, dict) else None
+        if (
+            not isinstance(latest, dict)
+            or data.get("head") != head
+            or not all(isinstance(n, int) for n in latest.values())
+        ):
+            raise _StaleIndex(f"{path} is not the index entry of {head}")
+        return latest
+
+    def _write_entry(self, path: Path, head: str, latest: dict[str, int]) -> None:
+        self._index.mkdir(parents=True, exist_ok=True)
+        _write_json(path, {"format": _FORMAT, "head": head, "latest": latest})
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace `path` with `data` in one step: a temp file beside it, fsynced, renamed."""
+    text = json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _iso(value: object) -> str:
