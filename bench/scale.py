@@ -12,9 +12,10 @@ process's own peak RSS):
   (a) cold ``gitops-rollout plan --output DIR`` (empty cache directory)
   (b) cold ``gitops-rollout reconcile`` on the local host: the first pass, which adopts every
       model (one PR per cluster) and opens one PR per Ready candidate
-  then passes a minute apart until one changes no ref (listed as "settling": PRs of one pass
-      that append to the same namespace kustomization.yaml conflict once the first is merged,
-      and the next pass rebuilds them)
+  then passes a minute apart until one changes no ref (listed as "settling"; the first should
+      already change nothing: the PRs of one pass list their models next to each model's own
+      entries in a namespace's kustomization.yaml, so merging one does not make the others
+      conflict)
   (c) the same reconcile again, nothing changed: must commit nothing, and decide as the pass
       before
   (d) a human pushes a change to 1 % of the models (a new candidate, or a policy edit), then
@@ -746,10 +747,9 @@ def _run(world: World, args: argparse.Namespace) -> dict[str, Any]:
 
     flo = floor(world, before_main, ["refs/heads/main", *sorted(bot_refs)], world.root / "scratch")
 
-    # Pull requests of one pass that touch the same namespace kustomization.yaml conflict with
-    # each other once the first is merged; the next pass rebuilds them on the new main. Passes
-    # run (a minute apart) until one changes nothing: that one is the first no-op pass, (c) the
-    # one after it.
+    # Passes run (a minute apart) until one changes nothing: that one is the first no-op pass,
+    # (c) the one after it. More than one settling pass means PRs of (b) conflicted with each
+    # other or were left half done.
     clock = T0
     before = after_b
     settle: list[Measurement] = []
@@ -818,6 +818,7 @@ def _run(world: World, args: argparse.Namespace) -> dict[str, Any]:
     ok = {
         "every rollout routed after (b)": not checks["b_missing_routing"],
         "passes settle": checks["settled"],
+        "the pass after (b) changes nothing": checks["settled"] and checks["settling_passes"] == 1,
         "no-op pass changed no ref": not checks["c_changed_refs"],
         "no-op pass decided as the pass before": checks["c_same_decisions_as_previous"],
         "every rollout routed after (d)": not checks["d_missing_routing"],
