@@ -79,7 +79,8 @@ def stored_states(tree: Tree, keys: list[RolloutKey]) -> dict[RolloutKey, Stored
         texts: Mapping[str, bytes] = reader([k.routing_path for k in wanted])
     else:
         texts = {k.routing_path: tree.read(k.routing_path) for k in wanted}
-    return {k: (read_stored(texts[k.routing_path]) if k in wanted else None) for k in keys}
+    present = set(wanted)
+    return {k: (read_stored(texts[k.routing_path]) if k in present else None) for k in keys}
 
 
 def _exists(tree: Tree, path: str) -> bool:
