@@ -123,6 +123,7 @@ class PassMemo:
         """Plain tuples as stored (`_File` fields, `_Doc` fields): cheap to read."""
         self._fields: tuple[str, ...] = stored.get("fields", ())
         self._stored_world: str | None = stored.get("world")
+        self._stored_checks: dict[int, tuple[str, str, bool]] = stored.get("merge_checks", {})
         self._open = open_heads
         self._only = only
         self._hits: dict[str, _File] = {}
@@ -148,10 +149,12 @@ class PassMemo:
         base: str,
         caches: repository.Caches | None = None,
         only: frozenset[str] | None = None,
+        base_rev: str | None = None,
     ) -> PassMemo:
         """The memo kept next to the workspace clone `git_dir` (empty when there is none or it
         cannot be read), for a pass over every policy or those named in `only`. Lists the
-        host's open pull requests: a rollout with one is planned."""
+        host's open pull requests: a rollout with one is planned. `base_rev`, the commit the
+        pass reads the base branch at, keys remembered mergeability (`_ListedOnce`)."""
         path = git_dir.parent / (git_dir.name.removesuffix(".git") + SUFFIX)
         caches = caches if caches is not None else repository.Caches()
         stored = _read(path)
@@ -170,7 +173,8 @@ class PassMemo:
             return memo
         heads = frozenset(p.head for p in pulls if p.state is PullState.OPEN)
         memo = cls(path, caches, stored, heads, only)
-        memo._listed = _ListedOnce(host, key, pulls)
+        checks = (stored or {}).get("merge_checks", {})
+        memo._listed = _ListedOnce(host, key, pulls, checks=checks, base_rev=base_rev)
         return memo
 
     def host(self, host: GitHost) -> GitHost:
@@ -353,14 +357,23 @@ class PassMemo:
                 files[path] = _plain(_File(blob, tuple(docs)))
         manifests = _current_manifests(view.tree, self.caches.manifests)
         world = self._world_now(facts) if self._only is None else None
+        checks = self._listed.current_checks() if self._listed is not None else {}
         if (
             files == self._files
             and world == self._stored_world
             and set(manifests) == self._manifest_keys
+            and checks == self._stored_checks
         ):
             return
         _write(
-            self.path, {"files": files, "fields": fields, "world": world, "manifests": manifests}
+            self.path,
+            {
+                "files": files,
+                "fields": fields,
+                "world": world,
+                "manifests": manifests,
+                "merge_checks": checks,
+            },
         )
 
 
@@ -420,11 +433,16 @@ class _ListedOnce:
         pulls: list[PullRequest] | None = None,
         *,
         error: RolloutError | None = None,
+        checks: Mapping[int, tuple[str, str, bool]] | None = None,
+        base_rev: str | None = None,
     ) -> None:
         self._host = host
         self._key: tuple[str, str] | None = key
         self._pulls = pulls or []
         self._error = error
+        self._heads = {p.number: p.head_sha for p in self._pulls if p.state is PullState.OPEN}
+        self._base_rev = base_rev
+        self._checks = {n: c for n, c in (checks or {}).items() if n in self._heads}
 
     def pulls_for_prefix(self, prefix: str, *, base: str) -> list[PullRequest]:
         if self._key == (prefix, base):
@@ -438,7 +456,23 @@ class _ListedOnce:
         return self._host.open_or_update(draft)
 
     def mergeable(self, number: int) -> bool | None:
-        return self._host.mergeable(number)
+        """The host's answer, remembered across passes by (head commit, base commit): whether
+        two commits merge cleanly never changes, so a waiting pull request costs the host
+        nothing while neither its branch nor the base branch moves (one git process on the
+        local host, one API read on a forge, per waiting pull request and pass otherwise)."""
+        head = self._heads.get(number)
+        key = (head, self._base_rev) if head and self._base_rev else None
+        known = self._checks.get(number)
+        if key is not None and known is not None and known[:2] == key:
+            return known[2]
+        answer = self._host.mergeable(number)
+        if key is not None and answer is not None:
+            self._checks[number] = (key[0], key[1], answer)
+        return answer
+
+    def current_checks(self) -> dict[int, tuple[str, str, bool]]:
+        """Remembered answers for the pull requests open at the start of this pass."""
+        return dict(self._checks)
 
     def comment(self, number: int, body: str) -> None:
         self._host.comment(number, body)

@@ -764,7 +764,12 @@ def run_once(
         statuses, unreachable = {}, {c: str(err) for c in _clusters(tree)}
     memo = (
         passmemo.PassMemo.open(
-            workspace.git_dir, host=host, base=workspace.base, caches=caches, only=options.policies
+            workspace.git_dir,
+            host=host,
+            base=workspace.base,
+            caches=caches,
+            only=options.policies,
+            base_rev=getattr(tree, "rev", None),
         )
         if memoise and not options.commands and options.clusters is None
         else passmemo.PassMemo.disabled(caches)
