@@ -71,7 +71,7 @@ def _fail(error: RolloutError) -> None:
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
     """Roll out new versions of ML models safely, through Git pull requests."""
-    from gitops_rollout.gitops.hosts.auth import RedactingFilter
+    from gitops_rollout.gitops.hosts.redaction import RedactingFilter
 
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(

@@ -1,13 +1,14 @@
-"""Credentials for the Git hosts, and the redaction that keeps them out of logs and messages.
+"""Credentials for the Git hosts; `redaction` keeps them out of logs and messages.
 
 A `TokenSource` hands out the current token: a fixed one from the environment, one read from a
 file (re-read when a mounted secret rotates), or a GitHub App installation token minted with
 the app's private key, scoped to one repository and renewed before it expires. Every token and
-JWT a source hands out is registered with a process-wide redactor: `redact()` scrubs them from
-any text, and `RedactingFilter` from log records. The hosts send tokens only in the
-Authorization header. For git over HTTPS, `git_http_env()` passes the token to git through
-environment variables, never through its argument list or the remote URL. Which host uses
-which variables is the hosts' business (`github`, `gitlab`, `gitea`).
+JWT a source hands out is registered with the process-wide redactor (`redaction`, re-exported
+here): `redact()` scrubs them from any text, and `RedactingFilter` from log records. The
+hosts send tokens only in the Authorization header. For git over HTTPS, `git_http_env()`
+passes the token to git through environment variables, never through its argument list or the
+remote URL. Which host uses which variables is the hosts' business (`github`, `gitlab`,
+`gitea`).
 """
 
 from __future__ import annotations
@@ -24,28 +25,22 @@ import jwt
 import requests
 
 from gitops_rollout.errors import HostError
+from gitops_rollout.gitops.hosts.redaction import MASK as MASK
+from gitops_rollout.gitops.hosts.redaction import MIN_SECRET_LENGTH as MIN_SECRET_LENGTH
+from gitops_rollout.gitops.hosts.redaction import RedactingFilter as RedactingFilter
+from gitops_rollout.gitops.hosts.redaction import protect_library_loggers as protect_library_loggers
+from gitops_rollout.gitops.hosts.redaction import redact as redact
+from gitops_rollout.gitops.hosts.redaction import register_secret as register_secret
 from gitops_rollout.gitops.hosts.transport import HttpPolicy, TokenAuth, make_session, status_hint
 
 log = logging.getLogger(__name__)
 
-MASK = "***"
-MIN_SECRET_LENGTH = 8
-"""Shorter strings are not redacted: scrubbing them would mangle ordinary words."""
 APP_TOKEN_REFRESH_MARGIN = 300.0
 """Seconds before expiry at which an installation token is renewed (tokens live one hour)."""
 APP_JWT_LIFETIME = 540
 """Seconds an app JWT is valid; GitHub accepts at most ten minutes."""
 APP_JWT_BACKDATE = 60
 """Seconds the JWT's issue time is moved back, against clock drift (GitHub's advice)."""
-
-# Library loggers that print request or response details at DEBUG level.
-LIBRARY_LOGGERS = (
-    "github.Requester",
-    "github.GithubRetry",
-    "urllib3.connectionpool",
-    "urllib3.util.retry",
-    "gitops_rollout.gitops.hosts",
-)
 
 
 class TokenSource(Protocol):
@@ -54,62 +49,6 @@ class TokenSource(Protocol):
     def token(self) -> str:
         """The token to use now; raises HostError when it cannot be had."""
         ...
-
-
-# -- redaction ------------------------------------------------------------------------------
-
-_secrets: set[str] = set()
-_secrets_lock = threading.Lock()
-
-
-def register_secret(value: str) -> None:
-    """Remember `value` so that `redact` scrubs it from now on."""
-    if len(value) >= MIN_SECRET_LENGTH:
-        with _secrets_lock:
-            _secrets.add(value)
-
-
-def redact(text: str) -> str:
-    """`text` with every registered secret replaced by ``***``."""
-    with _secrets_lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, MASK)
-    return text
-
-
-class RedactingFilter(logging.Filter):
-    """Scrubs registered secrets from a record's message and traceback.
-
-    The hosts attach it to the chatty library loggers; the CLI should also add it to its
-    handlers so that records from any logger are covered.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except (TypeError, ValueError):
-            return True
-        clean = redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        return True
-
-
-_filter = RedactingFilter()
-
-
-def protect_library_loggers() -> None:
-    """Attach the redacting filter to the loggers that see our HTTP traffic (idempotent)."""
-    for name in LIBRARY_LOGGERS:
-        logger = logging.getLogger(name)
-        if _filter not in logger.filters:
-            logger.addFilter(_filter)
 
 
 # -- token sources --------------------------------------------------------------------------
