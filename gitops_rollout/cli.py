@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -210,7 +210,7 @@ def plan(
     if output is not None:
         result.write(output)
     if as_json:
-        click.echo(json.dumps(result.as_json(), indent=2))
+        click.echo(_json_lines(result.as_json()))
     else:
         _print_problems(result.problems)
         result.print(out)
@@ -243,7 +243,7 @@ def status(
         _fail(error)
         return
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(_json_lines(rows))
         return
     table = Table("cluster", "namespace", "model", "phase", "weights", "next", "PR")
     for row in rows:
@@ -430,16 +430,36 @@ def _run_pass(
         sys.exit(1)
 
 
+def _json_lines(document: Mapping[str, Any] | Sequence[Any]) -> str:
+    """`document` as JSON with one item of each top-level list per line: readable, diffable,
+    and written by json's C encoder (``indent=`` takes the pure-Python one: 0.2 s for the
+    report of a 10,000-rollout pass)."""
+
+    def items(values: Sequence[Any], pad: str) -> str:
+        if not values:
+            return "[]"
+        rows = ",\n".join(f"{pad}  {json.dumps(v)}" for v in values)
+        return f"[\n{rows}\n{pad}]"
+
+    if not isinstance(document, Mapping):
+        return items(document, "")
+    fields = ",\n".join(
+        f"  {json.dumps(key)}: "
+        + (items(value, "  ") if isinstance(value, list) else json.dumps(value))
+        for key, value in document.items()
+    )
+    return f"{{\n{fields}\n}}"
+
+
 def _print_report(report: Any, *, as_json: bool) -> None:
     if as_json:
         click.echo(
-            json.dumps(
+            _json_lines(
                 {
                     "decisions": [d.as_json() for d in report.decisions],
                     "problems": [str(p) for p in report.problems],
                     "errors": report.errors,
-                },
-                indent=2,
+                }
             )
         )
         return
