@@ -457,6 +457,10 @@ class ClusterRef(_Model):
 # Analysis (evaluated by the analysis stage; until then steps advance on time and approvals)
 
 
+FEEDBACK_METRIC = "feedback"
+"""The built-in objective and reward name of Seldon's feedback count (A/B rewards)."""
+
+
 class MetricKind(StrEnum):
     COUNTER = "counter"
     """Per-version counter; the test compares rates of events per request."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from gitops_rollout.analysis.catalogue import (
     BUILTIN,
@@ -27,10 +28,8 @@ from gitops_rollout.analysis.catalogue import (
 )
 from gitops_rollout.errors import Problem
 from gitops_rollout.inventory.model import Inventory, Kind, ModelVersion
-from gitops_rollout.metrics.base import QueryError, RolloutRef, VersionRef
-from gitops_rollout.metrics.prometheus import PrometheusClient
-from gitops_rollout.metrics.queries import FEEDBACK, custom_queries
 from gitops_rollout.policy import (
+    FEEDBACK_METRIC,
     Analysis,
     CustomMetric,
     LoadedPolicy,
@@ -40,6 +39,12 @@ from gitops_rollout.policy import (
     TargetMode,
 )
 from gitops_rollout.yamlsource import FieldPath
+
+if TYPE_CHECKING:
+    # The metrics stage (numpy, requests) is imported by the functions that ask Prometheus
+    # (``validate --prometheus``): every pass validates policies and must not load it.
+    from gitops_rollout.metrics.base import QueryError, VersionRef
+    from gitops_rollout.metrics.prometheus import PrometheusClient
 
 _EXPECTED_KIND = {
     TargetKind.KSERVE_MODELMESH: Kind.INFERENCE_SERVICE,
@@ -242,7 +247,11 @@ def _exported(
     problems: list[Problem],
 ) -> bool:
     """False (with a problem) for a metric the target's exporters do not have."""
-    if name == FEEDBACK and name not in _custom_names(analysis) and target is not TargetKind.SELDON:
+    if (
+        name == FEEDBACK_METRIC
+        and name not in _custom_names(analysis)
+        and target is not TargetKind.SELDON
+    ):
         problems.append(
             loaded.problem(
                 at,
@@ -409,6 +418,9 @@ def check_queries(
     """Custom queries Prometheus rejects, each evaluated once as a pass would ask it (a range
     query, placeholders filled from the first cluster's versions, at `now`); raises
     MetricsError when Prometheus cannot be asked at all."""
+    from gitops_rollout.metrics.base import QueryError, RolloutRef
+    from gitops_rollout.metrics.queries import custom_queries
+
     problems: list[Problem] = []
     for loaded in policies:
         policy = loaded.policy
@@ -434,6 +446,8 @@ def check_queries(
 
 
 def _version_refs(loaded: LoadedPolicy, inventory: Inventory) -> list[VersionRef]:
+    from gitops_rollout.metrics.base import VersionRef
+
     policy = loaded.policy
     for cluster in policy.spec.clusters:
         versions = inventory.versions(cluster.name, policy.model)

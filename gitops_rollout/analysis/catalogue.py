@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import StrEnum
 
-from gitops_rollout.metrics.queries import FEEDBACK
-from gitops_rollout.policy import Analysis, MetricKind
+from gitops_rollout.policy import FEEDBACK_METRIC, Analysis, MetricKind
 
 
 class Source(StrEnum):
@@ -77,6 +76,6 @@ def resolve(name: str, analysis: Analysis) -> tuple[Source, float | None] | None
                 MetricKind.MEAN: Source.MEAN,
             }[custom.kind]
             return kind, None
-    if name == FEEDBACK:
+    if name == FEEDBACK_METRIC:
         return Source.COUNTER, None
     return None

@@ -30,9 +30,9 @@ from datetime import timedelta
 from enum import StrEnum
 
 from gitops_rollout.metrics.base import CounterId, CounterKind, RolloutRef, VersionRef
-from gitops_rollout.policy import TargetKind
+from gitops_rollout.policy import FEEDBACK_METRIC, TargetKind
 
-FEEDBACK = "feedback"
+FEEDBACK = FEEDBACK_METRIC
 """`VersionSeries.custom` name of Seldon's feedback count (rewards of A/B tests)."""
 
 SCRAPE_TARGET_LABELS = ("pod", "instance")
