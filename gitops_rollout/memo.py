@@ -182,6 +182,13 @@ class PassMemo:
         read at the start (one listing per pass, as `GitHost` expects)."""
         return self._listed if self._listed is not None else host
 
+    def open_pulls(self) -> list[PullRequest]:
+        """The pull requests open at the start of the pass (none when the listing failed or
+        the memo is disabled)."""
+        if self._listed is None:
+            return []
+        return self._listed.open_pulls()
+
     # -- skipping (repository.Skipper) --------------------------------------------------------
 
     def skip(self, path: str, blob: str, facts: Facts) -> Sequence[PolicySummary] | None:
@@ -469,6 +476,9 @@ class _ListedOnce:
         if key is not None and answer is not None:
             self._checks[number] = (key[0], key[1], answer)
         return answer
+
+    def open_pulls(self) -> list[PullRequest]:
+        return [p for p in self._pulls if p.state is PullState.OPEN]
 
     def current_checks(self) -> dict[int, tuple[str, str, bool]]:
         """Remembered answers for the pull requests open at the start of this pass."""

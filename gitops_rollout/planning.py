@@ -8,7 +8,7 @@ so `plan` (no writes) and `reconcile` (writes) share it exactly.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -63,6 +63,16 @@ class Planned:
     problems: list[Problem] = field(default_factory=list)
     removal: bool = False
     """The policy is gone: the files remove the rollout's bot-owned folder."""
+    deferred: bool = False
+    """Not rendered: an open pull request already proposes this exact decision and waits for a
+    reviewer; `rendered` makes the files when the pull request has to be rebuilt after all."""
+
+    def rendered(self, tree: Tree) -> Planned:
+        """This rollout with its files (itself when it was rendered already)."""
+        if not self.deferred or self.transition is None:
+            return self
+        result = render.render(self.transition, tree=tree)
+        return Planned(self.key, self.transition, dict(result.files), list(result.problems))
 
     @property
     def kind(self) -> TransitionKind:
@@ -175,8 +185,10 @@ def decide(
     verdict: transitions.VerdictLike | None = None,
     command: transitions.Command | None = None,
     tree: Tree,
+    defer: Callable[[RolloutKey, transitions.Transition], bool] | None = None,
 ) -> Planned:
-    """The transition of one rollout and the files it wants on the main branch."""
+    """The transition of one rollout and the files it wants on the main branch; not rendered
+    (`Planned.deferred`) when `defer` says an open pull request already proposes it."""
     key = key_of(situation.loaded, situation.cluster)
     transition = transitions.advance(
         situation,
@@ -185,6 +197,8 @@ def decide(
         command=command,
         gate=cluster_gate(situation, by_key),
     )
+    if defer is not None and defer(key, transition):
+        return Planned(key, transition, deferred=True)
     rendered = render.render(transition, tree=tree)
     return Planned(key, transition, dict(rendered.files), list(rendered.problems))
 

@@ -49,7 +49,7 @@ from gitops_rollout.inventory.model import ObjectRef, Status
 from gitops_rollout.planning import Planned, RolloutKey, key_of
 from gitops_rollout.policy import PolicySet, TransitionKind
 from gitops_rollout.state import Phase, StoredState
-from gitops_rollout.transitions import Action, Command, Situation, VerdictLike
+from gitops_rollout.transitions import Action, Command, Situation, Transition, VerdictLike
 from gitops_rollout.tree import OverlayTree, Tree
 
 log = logging.getLogger(__name__)
@@ -184,8 +184,15 @@ def plan_pass(
     options: PassOptions,
     history: History,
     judge: Judge,
+    waiting: Mapping[str, str] | None = None,
 ) -> list[Planned]:
-    """Transitions and desired files for every rollout in view (no writes)."""
+    """Transitions and desired files for every rollout in view (no writes).
+
+    `waiting` maps branches to the decision digest of their open pull request: a rollout whose
+    decision is the same and that its policy does not let the bot merge is not rendered (the
+    pull request waits for a reviewer and is left alone unless it stops merging; `publish`
+    renders it then). Rendering those through the round-trip YAML engine was half of a
+    no-op pass over 10,000 models."""
     policies = _filter(view.policies, options)
     keys = [key_of(lp, c.name) for lp in policies.policies for c in lp.policy.spec.clusters]
     stored = planning.stored_states(view.tree, keys)
@@ -207,6 +214,16 @@ def plan_pass(
         sits = [s for s in sits if s.cluster in options.clusters]
     verdicts = judge([s for s in sits if s.needs_verdict], now=options.now)
     by_key = {key_of(s.loaded, s.cluster): s for s in sits}
+    open_digests = waiting or {}
+
+    def defer(key: RolloutKey, t: Transition) -> bool:
+        digest = open_digests.get(key.branch(BRANCH_PREFIX))
+        return (
+            digest is not None
+            and (not t.auto_merge or t.action is Action.HOLD)
+            and pr_body.decision_digest(t) == digest
+        )
+
     out = []
     for s in sits:
         key = key_of(s.loaded, s.cluster)
@@ -218,6 +235,7 @@ def plan_pass(
                 verdict=verdicts.get(key),
                 command=options.commands.get((s.policy.name, s.cluster)),
                 tree=view.tree,
+                defer=defer if open_digests else None,
             )
         )
     if options.policies is None:
@@ -277,10 +295,30 @@ class _Proposal:
     changes: ChangeSet
     digest: str
     message: CommitMessage
-    draft: Callable[[], PullRequestDraft]
+    draft: Callable[[ChangeSet], PullRequestDraft]
+    """The pull request for the change set (the proposal's own, once rendered)."""
     auto_merge: bool
     decisions: list[Decision]
     holding: bool = False
+    deferred: Planned | None = None
+    """Not rendered yet (`plan_pass` deferred it): `changes` and `message` are empty until
+    `_materialise` renders it."""
+
+
+def _materialise(prop: _Proposal, tree: Tree, report: PassReport) -> bool:
+    """Render a deferred proposal's files; False (reported) when they cannot be made."""
+    if prop.deferred is None:
+        return True
+    p = prop.deferred.rendered(tree)
+    prop.deferred = None
+    if p.problems or p.transition is None:
+        report.problems.extend(p.problems)
+        for d in prop.decisions:
+            d.outcome = "error"
+        return False
+    prop.changes = build_many(tree, {p.key: p.files})[p.key]
+    prop.message = pr_body.commit_message(p.transition, prop.changes, digest=prop.digest)
+    return True
 
 
 def _adoption_body(cluster: str, models: Sequence[Planned], changes: ChangeSet, digest: str) -> str:
@@ -346,8 +384,10 @@ def _proposals(
             decision.outcome = "error"
             report.problems.extend(p.problems)
             continue
-        changes = changesets[p.key]
-        if not changes:
+        # A deferred rollout's open pull request proposes this decision already: its files
+        # are rendered only if the pull request must be rebuilt (`_materialise`).
+        changes = ChangeSet() if p.deferred else changesets[p.key]
+        if not changes and not p.deferred:
             quiet.setdefault(branch, []).append(decision)
             continue
         if _is_adoption(p):
@@ -366,9 +406,9 @@ def _proposals(
             )
 
             def removal_draft(
+                changes: ChangeSet,
                 branch: str = branch,
                 message: CommitMessage = message,
-                changes: ChangeSet = changes,
                 digest: str = digest,
             ) -> PullRequestDraft:
                 body = (
@@ -387,7 +427,7 @@ def _proposals(
         digest = pr_body.decision_digest(t)
 
         def draft(
-            t: Any = t, changes: ChangeSet = changes, branch: str = branch, digest: str = digest
+            changes: ChangeSet, t: Any = t, branch: str = branch, digest: str = digest
         ) -> PullRequestDraft:
             return pr_body.render(t, changes, head=branch, base=base, digest=digest)
 
@@ -401,6 +441,7 @@ def _proposals(
                 t.auto_merge,
                 [decision],
                 holding=t.action is Action.HOLD,
+                deferred=p if p.deferred else None,
             )
         )
     for cluster, models in sorted(adoptions.items()):
@@ -421,9 +462,9 @@ def _proposals(
         ]
 
         def adopt_draft(
+            changes: ChangeSet,
             cluster: str = cluster,
             models: list[Planned] = models,
-            changes: ChangeSet = merged_changes,
             digest: str = digest,
             branch: str = branch,
             subject: str = subject,
@@ -651,6 +692,8 @@ def publish(
                 for d in prop.decisions:
                     d.outcome, d.pr, d.pr_url = "unchanged", current.number, current.url
                 continue
+        if not _materialise(prop, workspace.tree(), report):
+            continue
         requests.append(CommitRequest(prop.branch, prop.changes, prop.message))
     by_branch = {p.branch: p for p in todo}
     try:
@@ -676,7 +719,7 @@ def publish(
         if result.outcome is PushOutcome.EMPTY:
             continue
         try:
-            opened = host.open_or_update(prop.draft())
+            opened = host.open_or_update(prop.draft(prop.changes))
         except RolloutError as err:
             report.error("host", f"pull request for {result.branch}: {err}")
             for d in prop.decisions:
@@ -778,10 +821,21 @@ def run_once(
         tree, statuses=statuses, unreachable=unreachable, caches=memo.caches, skip=memo
     )
     report.problems.extend(view.problems)
+    waiting = {
+        pull.head: digest
+        for pull in memo.open_pulls()
+        if pull.base == workspace.base and (digest := _digest_of(pull)) is not None
+    }
     planned = plan_pass(
-        view, options=options, history=workspace if history is None else history, judge=judge
+        view,
+        options=options,
+        history=workspace if history is None else history,
+        judge=judge,
+        waiting=waiting,
     )
-    changesets = build_many(tree, {p.key: p.files for p in planned if not p.problems})
+    changesets = build_many(
+        tree, {p.key: p.files for p in planned if not p.problems and not p.deferred}
+    )
     proposals, quiet = _proposals(
         planned, changesets, base=workspace.base, tree=tree, report=report
     )

@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 from hosts_e2e.world import FORGES, KINDS, World
 
-from gitops_rollout import reconcile
+from gitops_rollout import reconcile, render
 from gitops_rollout.errors import HostError
 from gitops_rollout.gitops.repo import branch_name
+from gitops_rollout.transitions import Transition
+from gitops_rollout.tree import Tree
 
 from .conftest import HEAD, HostCase
 
@@ -123,16 +125,28 @@ def push_conflicting_change(world: World) -> None:
 
 
 @pytest.mark.slow
-def test_a_waiting_promotion_that_still_merges_is_left_alone(world: World) -> None:
+def test_a_waiting_promotion_that_still_merges_is_left_alone(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     number = waiting_promotion(world)
     head = world.head(STAGING)
     push_unrelated_change(world)
+    rendered: list[str] = []
+    real_render = render.render
+
+    def recording(transition: Transition, *, tree: Tree) -> render.Rendered:
+        rendered.append(transition.situation.cluster)
+        return real_render(transition, tree=tree)
+
+    monkeypatch.setattr(render, "render", recording)
 
     report = world.reconcile()
 
     assert not report.errors, report.errors
     assert staging(report) == ("unchanged", number)
     assert world.head(STAGING) == head, "no new commit: the reviewer's approval stands"
+    # The open pull request proposes this very decision: its files are not even rendered.
+    assert "staging" not in rendered
 
 
 @pytest.mark.slow
