@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import yaml
 
@@ -160,8 +161,10 @@ def read_stored(text: bytes) -> StoredState:
     """The state recorded in a routing file, and whether the file was edited by hand."""
     edited = is_hand_edited(text)
     try:
-        docs = load_fast(text)
-        first = docs[0] if docs else None
+        first = None if edited else _sealed_metadata(text)
+        if first is None:
+            docs = load_fast(text)
+            first = docs[0] if docs else None
     except yaml.YAMLError as err:
         return StoredState(RolloutState(), True, (f"routing file is not valid YAML: {err}",))
     meta = first.get("metadata") if isinstance(first, dict) else None
@@ -172,6 +175,22 @@ def read_stored(text: bytes) -> StoredState:
         return StoredState(RolloutState.from_annotations(annotations), edited)
     except ValueError as err:
         return StoredState(RolloutState(), True, (str(err),))
+
+
+_TOP_LEVEL_LINE = re.compile(rb"^[^ \n]", re.MULTILINE)
+
+
+def _sealed_metadata(text: bytes) -> dict[str, Any] | None:
+    """``{"metadata": ...}`` of the first object of a routing file as we write it (sealed, not
+    edited by hand), read from its lines alone: the state is all a pass needs from most routing
+    files, and the rest of the file is most of the parsing. None when the layout is not ours."""
+    start = text.find(b"\nmetadata:\n")
+    if start < 0 or b"\n---" in text[:start]:
+        return None
+    end = _TOP_LEVEL_LINE.search(text, start + len(b"\nmetadata:\n"))
+    docs = load_fast(text[start + 1 : end.start() if end else len(text)])
+    first = docs[0] if len(docs) == 1 else None
+    return first if isinstance(first, dict) and list(first) == ["metadata"] else None
 
 
 def content_hash(text: bytes) -> str:
