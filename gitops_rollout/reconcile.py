@@ -663,6 +663,7 @@ def publish(
         todo.append(prop)
 
     humans = workspace.human_edits([p.branch for p in todo])
+    base_tree = functools.cache(workspace.tree)  # read once, if a deferred PR is rebuilt
     requests = []
     for prop in todo:
         if prop.branch in humans:
@@ -692,7 +693,7 @@ def publish(
                 for d in prop.decisions:
                     d.outcome, d.pr, d.pr_url = "unchanged", current.number, current.url
                 continue
-        if not _materialise(prop, workspace.tree(), report):
+        if prop.deferred is not None and not _materialise(prop, base_tree(), report):
             continue
         requests.append(CommitRequest(prop.branch, prop.changes, prop.message))
     by_branch = {p.branch: p for p in todo}
