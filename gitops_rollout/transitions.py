@@ -1050,7 +1050,7 @@ def _promoting(s: Situation, primary: ModelVersion, candidate: ModelVersion | No
             phase=Phase.IDLE,
             primary=_mark(primary),
             policy=s.loaded.file,
-            reason=f"{primary.version} promoted; {', '.join(c.version for c in leftovers)} removed",
+            reason=f"{primary.version} promoted; {_objects(leftovers)} removed",
         )
         return Transition(
             s,
@@ -1058,7 +1058,7 @@ def _promoting(s: Situation, primary: ModelVersion, candidate: ModelVersion | No
             done,
             idle_plan,
             TransitionKind.CLEANUP,
-            "remove " + ", ".join(c.ref.name + f" ({c.version})" for c in leftovers),
+            f"remove {_objects(leftovers)}",
             ("traffic left these versions in an earlier, merged change; their manifests go now",),
             edits=tuple(ManifestEdit(EditKind.REMOVE, c) for c in leftovers),
         )
@@ -1102,3 +1102,9 @@ def _fmt(value: timedelta) -> str:
     if minutes:
         return f"{minutes}m{seconds:02d}s"
     return f"{seconds}s"
+
+
+def _objects(versions: Sequence[ModelVersion]) -> str:
+    """``wisdom-1 (1.1)``: the objects a cleanup removes, by name (after a replace-primary
+    promotion the primary runs the same version the removed object did)."""
+    return ", ".join(f"{v.ref.name} ({v.version})" for v in versions)
