@@ -103,8 +103,11 @@ def schema() -> None:
 def validate(repo: Path, prometheus: str | None, as_json: bool) -> None:
     """Lint policies and the manifests they reference; exit 1 on any problem."""
     from gitops_rollout import repository
+    from gitops_rollout.validation import check_primaries
 
-    view = repository.load(DirTree(repo))
+    tree = DirTree(repo)
+    view = repository.load(tree)
+    view.problems += check_primaries(view.policies.policies, view.inventory, tree)
     if prometheus:
         from gitops_rollout.metrics.prometheus import PrometheusClient
         from gitops_rollout.validation import check_queries

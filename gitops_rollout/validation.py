@@ -27,7 +27,7 @@ from gitops_rollout.analysis.catalogue import (
     resolve,
 )
 from gitops_rollout.errors import Problem
-from gitops_rollout.inventory.model import Inventory, Kind, ModelVersion
+from gitops_rollout.inventory.model import Inventory, Kind, ModelVersion, Role
 from gitops_rollout.policy import (
     FEEDBACK_METRIC,
     Analysis,
@@ -38,6 +38,7 @@ from gitops_rollout.policy import (
     TargetKind,
     TargetMode,
 )
+from gitops_rollout.state import ROUTING_FILE, read_stored, rollout_dir
 from gitops_rollout.yamlsource import FieldPath
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     # (``validate --prometheus``): every pass validates policies and must not load it.
     from gitops_rollout.metrics.base import QueryError, VersionRef
     from gitops_rollout.metrics.prometheus import PrometheusClient
+    from gitops_rollout.tree import Tree
 
 _EXPECTED_KIND = {
     TargetKind.KSERVE_MODELMESH: Kind.INFERENCE_SERVICE,
@@ -149,6 +151,42 @@ def check_policy(loaded: LoadedPolicy, inventory: Inventory) -> list[Problem]:
                     f"mode native expects one InferenceService in {cluster.name}, found "
                     f"{len(versions)}",
                     "use mode: separate for one InferenceService per version",
+                )
+            )
+    return problems
+
+
+def check_primaries(
+    policies: Sequence[LoadedPolicy], inventory: Inventory, tree: Tree
+) -> list[Problem]:
+    """Rollouts whose manifests label more than one version primary while no recorded state
+    says which one serves (a pass holds them: ``validate`` says so before it runs)."""
+    problems: list[Problem] = []
+    for loaded in policies:
+        policy = loaded.policy
+        for index, cluster in enumerate(policy.spec.clusters):
+            versions = inventory.versions(cluster.name, policy.model)
+            labelled = [v for v in versions if v.role is Role.PRIMARY]
+            if len(labelled) < 2:
+                continue
+            folder = rollout_dir(
+                cluster=cluster.name, namespace=policy.routing_namespace, model=policy.model
+            )
+            try:
+                recorded = read_stored(tree.read(f"{folder}/{ROUTING_FILE}")).state.primary
+            except FileNotFoundError:
+                recorded = None
+            if recorded is not None and any(v.key == recorded.key for v in versions):
+                continue
+            files = ", ".join(sorted({v.file for v in labelled}))
+            problems.append(
+                loaded.problem(
+                    ("spec", "clusters", index, "name"),
+                    f"{len(labelled)} versions of model {policy.model!r} in {cluster.name} are "
+                    f"labelled primary ({', '.join(v.version for v in labelled)}, in {files}) "
+                    "and no rollout state names one",
+                    "label only the version serving now gitops-rollout.dev/role: primary, the "
+                    "others candidate",
                 )
             )
     return problems
