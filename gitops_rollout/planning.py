@@ -64,8 +64,9 @@ class Planned:
     removal: bool = False
     """The policy is gone: the files remove the rollout's bot-owned folder."""
     deferred: bool = False
-    """Not rendered: an open pull request already proposes this exact decision and waits for a
-    reviewer; `rendered` makes the files when the pull request has to be rebuilt after all."""
+    """Not rendered here: an open pull request already proposes this exact decision and waits
+    for a reviewer (`rendered` makes the files if it has to be rebuilt after all), or the model
+    is adopted together with its cluster's others (rendered once, stacked on them)."""
 
     def rendered(self, tree: Tree) -> Planned:
         """This rollout with its files (itself when it was rendered already)."""

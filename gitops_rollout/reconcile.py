@@ -185,6 +185,7 @@ def plan_pass(
     history: History,
     judge: Judge,
     waiting: Mapping[str, str] | None = None,
+    adopt_together: bool = False,
 ) -> list[Planned]:
     """Transitions and desired files for every rollout in view (no writes).
 
@@ -192,7 +193,8 @@ def plan_pass(
     decision is the same and that its policy does not let the bot merge is not rendered (the
     pull request waits for a reviewer and is left alone unless it stops merging; `publish`
     renders it then). Rendering those through the round-trip YAML engine was half of a
-    no-op pass over 10,000 models."""
+    no-op pass over 10,000 models. With `adopt_together`, models to adopt are not rendered
+    alone either: `_proposals` renders them once, stacked on their cluster's adoption."""
     policies = _filter(view.policies, options)
     keys = [key_of(lp, c.name) for lp in policies.policies for c in lp.policy.spec.clusters]
     stored = planning.stored_states(view.tree, keys)
@@ -217,6 +219,8 @@ def plan_pass(
     open_digests = waiting or {}
 
     def defer(key: RolloutKey, t: Transition) -> bool:
+        if adopt_together and _adopting(t):
+            return True
         digest = open_digests.get(key.branch(BRANCH_PREFIX))
         return (
             digest is not None
@@ -235,7 +239,7 @@ def plan_pass(
                 verdict=verdicts.get(key),
                 command=options.commands.get((s.policy.name, s.cluster)),
                 tree=view.tree,
-                defer=defer if open_digests else None,
+                defer=defer if open_digests or adopt_together else None,
             )
         )
     if options.policies is None:
@@ -278,13 +282,13 @@ def _decision(p: Planned) -> Decision:
 
 
 def _is_adoption(p: Planned) -> bool:
-    t = p.transition
-    return (
-        t is not None
-        and t.kind is TransitionKind.ADOPT
-        and t.action is Action.NONE
-        and t.situation.stored is None
-    )
+    return p.transition is not None and _adopting(p.transition)
+
+
+def _adopting(t: Transition) -> bool:
+    """A model seen for the first time with nothing to roll out: it joins its cluster's
+    adoption pull request."""
+    return t.kind is TransitionKind.ADOPT and t.action is Action.NONE and t.situation.stored is None
 
 
 @dataclass
@@ -351,17 +355,27 @@ def _adoption_body(cluster: str, models: Sequence[Planned], changes: ChangeSet, 
     return "\n".join(lines)
 
 
-def _combined(models: Sequence[Planned], tree: Tree) -> ChangeSet:
-    """One change set for many rollouts, rendered one on top of the other.
+def _combined(
+    models: Sequence[tuple[Planned, Decision]], tree: Tree, report: PassReport
+) -> tuple[ChangeSet, list[tuple[Planned, Decision]]]:
+    """One change set for many rollouts, rendered one on top of the other, and the rollouts
+    in it (one that cannot be rendered is reported and left out).
 
     Rollouts of one namespace share files (the namespace's kustomization.yaml lists each
     rollout folder), so their separately rendered files cannot simply be merged.
     """
     overlay = OverlayTree(tree)
-    for p in models:
+    included = []
+    for p, decision in models:
         assert p.transition is not None
-        overlay.update(render.render(p.transition, tree=overlay).files)
-    return build_many(tree, {0: overlay.overrides})[0]
+        rendered = render.render(p.transition, tree=overlay)
+        if rendered.problems:
+            decision.outcome = "error"
+            report.problems.extend(rendered.problems)
+            continue
+        overlay.update(rendered.files)
+        included.append((p, decision))
+    return build_many(tree, {0: overlay.overrides})[0], included
 
 
 def _proposals(
@@ -375,7 +389,7 @@ def _proposals(
     """Group the pass's changes by branch: one per rollout, one adoption branch per cluster."""
     proposals: list[_Proposal] = []
     quiet: dict[str, list[Decision]] = {}
-    adoptions: dict[str, list[Planned]] = {}
+    adoptions: dict[str, list[tuple[Planned, Decision]]] = {}
     for p in planned:
         decision = _decision(p)
         report.decisions.append(decision)
@@ -391,7 +405,7 @@ def _proposals(
             quiet.setdefault(branch, []).append(decision)
             continue
         if _is_adoption(p):
-            adoptions.setdefault(p.key.cluster, []).append(p)
+            adoptions.setdefault(p.key.cluster, []).append((p, decision))
             continue
         t = p.transition
         if t is None:
@@ -444,9 +458,15 @@ def _proposals(
                 deferred=p if p.deferred else None,
             )
         )
-    for cluster, models in sorted(adoptions.items()):
+    for cluster, pairs in sorted(adoptions.items()):
         branch = f"{ADOPT_BRANCH}{cluster}"
-        merged_changes = _combined(models, tree)
+        merged_changes, included = _combined(pairs, tree, report)
+        models = [p for p, _ in included]
+        decisions = [d for _, d in included]
+        if not merged_changes:
+            if decisions:
+                quiet.setdefault(branch, []).extend(decisions)
+            continue
         digest = merged_changes.digest()
         subject = f"rollout: {cluster} adopt {len(models)} model(s)"
         message = CommitMessage(
@@ -455,11 +475,6 @@ def _proposals(
             "stays on each model's primary.",
             trailers=(("Rollout-Decision", digest), ("Rollout-Kind", TransitionKind.ADOPT.value)),
         )
-        decisions = [
-            d
-            for d in report.decisions
-            if d.cluster == cluster and d.kind == "adopt" and d.action == "none"
-        ]
 
         def adopt_draft(
             changes: ChangeSet,
@@ -833,6 +848,7 @@ def run_once(
         history=workspace if history is None else history,
         judge=judge,
         waiting=waiting,
+        adopt_together=True,
     )
     changesets = build_many(
         tree, {p.key: p.files for p in planned if not p.problems and not p.deferred}
