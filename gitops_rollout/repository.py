@@ -104,8 +104,8 @@ def _load_policies(
     loaded: list[LoadedPolicy] = []
     problems: list[Problem] = []
     skipped: list[PolicySummary] = []
-    paths = [p for p in tree.paths(POLICIES) if p.endswith((".yaml", ".yml"))]
-    keys = {path: (path, tree.blob_id(path)) for path in paths}
+    keys = _policy_files(tree)
+    paths = list(keys)
     if skip is not None and facts is not None:
         taken = {p: skip.skip(p, keys[p][1], facts) for p in paths}
         skipped = [s for found in taken.values() if found is not None for s in found]
@@ -114,18 +114,36 @@ def _load_policies(
         paths_to_load = [p for p in paths if taken.get(p) is None]
     else:
         paths_to_load = paths
-    texts = read_all(tree, [p for p in paths_to_load if keys[p] not in caches.policies])
+    _parse_missing(tree, caches, keys, paths_to_load)
     for path in paths_to_load:
-        key = keys[path]
-        cached = caches.policies.get(key)
-        if cached is None:
-            cached = load_policy_text(texts[path], file=path)
-            caches.policies[key] = cached
+        cached = caches.policies[keys[path]]
         loaded.extend(cached[0])
         problems.extend(cached[1])
     result = check_unique(loaded)
     result.problems[:0] = problems
     return result, set(paths), skipped
+
+
+def _policy_files(tree: Tree) -> dict[str, tuple[str, str]]:
+    """Every policy file, with its cache key (path, blob id)."""
+    paths = [p for p in tree.paths(POLICIES) if p.endswith((".yaml", ".yml"))]
+    return {path: (path, tree.blob_id(path)) for path in paths}
+
+
+def _parse_missing(
+    tree: Tree, caches: Caches, keys: Mapping[str, tuple[str, str]], paths: Sequence[str]
+) -> None:
+    """The policy files among `paths` that are not in the cache, parsed into it."""
+    missing = [p for p in paths if keys[p] not in caches.policies]
+    texts = read_all(tree, missing)
+    for path in missing:
+        caches.policies[keys[path]] = load_policy_text(texts[path], file=path)
+
+
+def _parse_policies(tree: Tree, caches: Caches) -> None:
+    """Every policy file not in the cache, parsed into it."""
+    keys = _policy_files(tree)
+    _parse_missing(tree, caches, keys, list(keys))
 
 
 def _clash(
@@ -138,19 +156,13 @@ def _clash(
 ) -> bool:
     """True when skipped policies share a name or a (cluster, model) with any other policy:
     `check_unique` then decides who stays, which needs every policy loaded."""
-    texts = read_all(
-        tree, [p for p in paths if taken.get(p) is None and keys[p] not in caches.policies]
-    )
+    loading = [p for p in paths if taken.get(p) is None]
+    _parse_missing(tree, caches, keys, loading)
     names: set[str] = set()
     models: set[tuple[str, str]] = set()
     others: list[PolicySummary] = []
-    for path in paths:
-        if taken.get(path) is not None:
-            continue
-        cached = caches.policies.get(keys[path])
-        if cached is None:
-            cached = caches.policies[keys[path]] = load_policy_text(texts[path], file=path)
-        others.extend(PolicySummary.of(lp) for lp in cached[0])
+    for path in loading:
+        others.extend(PolicySummary.of(lp) for lp in caches.policies[keys[path]][0])
     for other in others:
         names.add(other.name)
         models.update((c, other.model) for c in other.clusters)
@@ -177,6 +189,12 @@ def load(
     memo); those are neither parsed nor checked again, and are listed in `skipped`.
     """
     caches = caches if caches is not None else Caches()
+    prefetch = manifests.Prefetch(tree, caches.manifests)
+    if prefetch.started:
+        # A cold read of a large repository: policies parse here while the manifests parse in
+        # a second process (`_load_policies` below then finds them in the cache).
+        _parse_policies(tree, caches)
+    prefetch.wait()
     inventory, manifest_problems = manifests.scan(tree, cache=caches.manifests)
     if statuses:
         manifests.with_status(inventory, statuses)

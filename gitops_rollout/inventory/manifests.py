@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
+import pickle
 import re
+import subprocess
+import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from gitops_rollout.errors import Problem
@@ -35,6 +42,8 @@ from gitops_rollout.inventory.model import (
 )
 from gitops_rollout.tree import Tree, read_all
 from gitops_rollout.yamlsource import YamlProblem, load_documents, load_fast
+
+log = logging.getLogger(__name__)
 
 CLUSTERS = "clusters"
 ROLLOUT_DIR = "rollout"
@@ -216,14 +225,7 @@ def scan(tree: Tree, *, cache: ManifestCache | None = None) -> tuple[Inventory, 
     service_index: dict[tuple[str, str], list[tuple[str, dict[str, str], tuple[ServicePort, ...]]]]
     service_index = {}
     pending: list[tuple[str, ModelVersion]] = []
-    files = []
-    for path in tree.paths(CLUSTERS):
-        if not path.endswith(_YAML) or is_bot_owned(path):
-            continue
-        parts = path.split("/")
-        if len(parts) < 4 or parts[-1] in ("kustomization.yaml", "kustomization.yml"):
-            continue
-        files.append((path, parts[1], parts[2], (path, tree.blob_id(path))))
+    files = _manifest_files(tree)
     texts = read_all(tree, [path for path, _, _, key in files if key not in cache.entries])
     for path, cluster, namespace, key in files:
         parsed = cache.entries.get(key)
@@ -243,6 +245,98 @@ def scan(tree: Tree, *, cache: ManifestCache | None = None) -> tuple[Inventory, 
         for versions in cluster_models.models.values():
             versions.sort(key=lambda v: (v.iter8_index is None, v.iter8_index or 0, v.key))
     return inventory, problems
+
+
+def _manifest_files(tree: Tree) -> list[tuple[str, str, str, tuple[str, str]]]:
+    """(path, cluster, namespace folder, cache key) of every manifest file the scan reads."""
+    files = []
+    for path in tree.paths(CLUSTERS):
+        if not path.endswith(_YAML) or is_bot_owned(path):
+            continue
+        parts = path.split("/")
+        if len(parts) < 4 or parts[-1] in ("kustomization.yaml", "kustomization.yml"):
+            continue
+        files.append((path, parts[1], parts[2], (path, tree.blob_id(path))))
+    return files
+
+
+PARALLEL_MIN = 2_000
+"""Unparsed manifest files from which `Prefetch` parses them in a second process."""
+
+
+class Prefetch:
+    """Manifest files parsed in another process while this one does other work.
+
+    A cold pass over a large repository parses ten thousand manifests and as many policies,
+    each a second or more of libyaml and Python on one core. With `PARALLEL_MIN` or more
+    manifests not in `cache`, their texts go to a worker (a fresh interpreter running
+    `_worker`: no fork, as the daemon has threads, and no multiprocessing, which would run the
+    caller's main module again) and `wait` puts what it parsed into the cache, for `scan` to
+    find. A worker that fails only costs the time: `scan` parses whatever is missing itself.
+    """
+
+    def __init__(self, tree: Tree, cache: ManifestCache) -> None:
+        self._cache = cache
+        self._keys: list[tuple[str, str]] = []
+        self._worker: subprocess.Popen[bytes] | None = None
+        self._input: Path | None = None
+        files = [f for f in _manifest_files(tree) if f[3] not in cache.entries]
+        if len(files) < PARALLEL_MIN or (os.cpu_count() or 1) < 2:
+            return
+        texts = read_all(tree, [path for path, _, _, _ in files])
+        self._keys = [key for _, _, _, key in files]
+        with tempfile.NamedTemporaryFile(prefix="gitops-rollout-", suffix=".in", delete=False) as f:
+            pickle.dump([(texts[path], path, ns) for path, _, ns, _ in files], f, protocol=5)
+            self._input = Path(f.name)
+        try:
+            self._worker = subprocess.Popen(
+                [sys.executable, "-c", _WORKER, str(self._input)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        except OSError as err:
+            log.warning("could not start a second process to parse manifests: %s", err)
+            self._done()
+
+    @property
+    def started(self) -> bool:
+        return self._worker is not None
+
+    def wait(self) -> None:
+        """The worker's results in the cache (nothing when none was started or it failed)."""
+        worker = self._worker
+        if worker is None:
+            return
+        try:
+            out, err = worker.communicate()
+            if worker.returncode != 0:
+                raise RuntimeError(err.decode(errors="replace").strip()[-500:])
+            parsed = pickle.loads(out)  # noqa: S301 (written by our own worker just now)
+            self._cache.entries.update(zip(self._keys, parsed, strict=True))
+        except Exception as error:  # any failure: the scan parses the files here instead
+            log.warning("parsing manifests in a second process failed, parsing here: %s", error)
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        self._worker = None
+        if self._input is not None:
+            self._input.unlink(missing_ok=True)
+            self._input = None
+
+
+_WORKER = "from gitops_rollout.inventory.manifests import _worker; _worker()"
+
+
+def _worker() -> None:
+    """The second process: (text, path, namespace folder) triples from the file named on the
+    command line, `_parse_file` of each, pickled to stdout."""
+    with open(sys.argv[1], "rb") as f:
+        files: list[tuple[bytes, str, str]] = pickle.load(f)  # noqa: S301 (our own file)
+    parsed = [_parse_file(text, file=path, namespace=ns) for text, path, ns in files]
+    sys.stdout.buffer.write(pickle.dumps(parsed, protocol=5))
+    sys.stdout.flush()
 
 
 def _attach_services(
