@@ -334,14 +334,21 @@ class LocalHost:
         files; nothing is ever forced.
         """
         with self._locked():
-            record = self._refresh_one(self._load(number))
+            record = self._load(number)
+            base_ref = f"refs/heads/{record.base}"
+            # The pull request's refs and the base in one look-up (one git process).
+            refs = self._git.resolve(
+                f"refs/heads/{record.head}", f"refs/pull/{record.number}/head", base_ref
+            )
+            record = self._refresh_one(record, refs)
             if record.state is PullState.MERGED:
                 return MergeResult(True, record.merge_sha, reason="already merged")
             if record.state is PullState.CLOSED:
                 return MergeResult(False, reason=f"pull request #{number} is closed")
+            base_seen: str | None = refs.get(base_ref)
             for _ in range(self._attempts):
-                base_ref = f"refs/heads/{record.base}"
-                base_sha = self._git.resolve(base_ref).get(base_ref)
+                base_sha = base_seen or self._git.resolve(base_ref).get(base_ref)
+                base_seen = None
                 if base_sha is None:
                     return MergeResult(False, reason=f"base branch {record.base!r} is gone")
                 code, out, err = self._git.run(
