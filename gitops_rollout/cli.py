@@ -14,20 +14,47 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from gitops_rollout import __version__, policy
 from gitops_rollout.errors import InputError, Problem, RolloutError
 from gitops_rollout.tree import DirTree
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 F = TypeVar("F", bound=Callable[..., Any])
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+class _Console:
+    """A rich Console made at first use: ``--json`` runs (scripts, CI, the benchmark) never
+    need rich, and importing it is a twentieth of a no-op pass."""
+
+    def __init__(self, *, stderr: bool = False) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.console(), name)
+
+
+def _table(*columns: str) -> Any:
+    from rich.table import Table
+
+    return Table(*columns)
+
+
+out = _Console()
+err = _Console(stderr=True)
 
 
 def _parse_now(value: str | None) -> datetime:
@@ -250,7 +277,7 @@ def status(
     if as_json:
         click.echo(_json_lines(rows))
         return
-    table = Table("cluster", "namespace", "model", "phase", "weights", "next", "PR")
+    table = _table("cluster", "namespace", "model", "phase", "weights", "next", "PR")
     for row in rows:
         table.add_row(
             row["cluster"],
@@ -481,7 +508,7 @@ def _print_report(report: Any, *, as_json: bool) -> None:
     for stage, messages in report.errors.items():
         for message in messages:
             err.print(f"error ({stage}): {message}", markup=False)
-    table = Table("cluster", "model", "decision", "PR", "outcome", "why")
+    table = _table("cluster", "model", "decision", "PR", "outcome", "why")
     for d in report.decisions:
         table.add_row(
             d.cluster,
@@ -581,7 +608,7 @@ def pr_list(repo: Path, remote: str | None, as_json: bool, state: str) -> None:
     if as_json:
         click.echo(json.dumps([r.to_json() for r in records], indent=2, default=str))
         return
-    table = Table("#", "state", "title", "branch")
+    table = _table("#", "state", "title", "branch")
     for r in records:
         table.add_row(str(r.number), r.state.value, r.title, r.head)
     out.print(table)
@@ -650,7 +677,7 @@ def demo(example: Path | None, workdir: Path) -> None:
         raise click.UsageError(
             f"{root} has no policies/ and clusters/; pass --example with the example repository"
         )
-    ok = demo_module.run(root, workdir.resolve(), console=out)
+    ok = demo_module.run(root, workdir.resolve(), console=out.console())
     remote = workdir.resolve() / "remote.git"
     out.print(f"\nInspect it: gitops-rollout pr list --state all --remote {remote}")
     sys.exit(0 if ok else 2)

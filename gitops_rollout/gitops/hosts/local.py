@@ -351,25 +351,16 @@ class LocalHost:
                 base_seen = None
                 if base_sha is None:
                     return MergeResult(False, reason=f"base branch {record.base!r} is gone")
-                code, out, err = self._git.run(
-                    "merge-tree",
-                    "--write-tree",
-                    "-z",
-                    "--name-only",
-                    "--no-messages",
-                    base_sha,
-                    record.head_sha,
-                )
-                if code == 1:
-                    files = sorted({f for f in out.split("\0")[1:] if f})
+                try:
+                    tree, files = self._trial_merge(base_sha, record.head_sha)
+                except HostError as error:
+                    return MergeResult(False, reason=f"cannot merge: {error}")
+                if files is not None:
                     return MergeResult(
                         False,
                         reason=f"merge conflict with {record.base} in {', '.join(files)}: "
                         f"update {record.head} on top of {record.base}",
                     )
-                if code != 0:
-                    return MergeResult(False, reason=f"cannot merge: {err.strip()}")
-                tree = out.split("\0", 1)[0].strip()
                 when = self._clock()
                 merge_sha = self._git.check(
                     "commit-tree",
@@ -612,18 +603,18 @@ class LocalHost:
 
     def _conflicts_of(self, record: PullRecord) -> list[str] | None:
         """None when `record` merges cleanly into its base now, else the conflicting files."""
+        return self._trial_merge(f"refs/heads/{record.base}", record.head_sha)[1]
+
+    def _trial_merge(self, base: str, head: str) -> tuple[str, list[str] | None]:
+        """``git merge-tree`` of `head` into `base`: the merged tree, and None or the files
+        that conflict. HostError when git cannot merge them at all."""
         code, out, err = self._git.run(
-            "merge-tree",
-            "--write-tree",
-            "-z",
-            "--name-only",
-            "--no-messages",
-            f"refs/heads/{record.base}",
-            record.head_sha,
+            "merge-tree", "--write-tree", "-z", "--name-only", "--no-messages", base, head
         )
         if code > 1:
             raise HostError(f"git merge-tree failed in {self.bare}: {err.strip()}")
-        return sorted({f for f in out.split("\0")[1:] if f}) if code == 1 else None
+        tree, _, rest = out.partition("\0")
+        return tree.strip(), (sorted({f for f in rest.split("\0") if f}) if code == 1 else None)
 
     def _pull(self, record: PullRecord) -> PullRequest:
         # No `mergeable`: a trial merge per pull request is what made listings slow, and real
