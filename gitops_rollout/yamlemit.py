@@ -85,11 +85,12 @@ _RESOLVER = yaml.resolver.Resolver()
 def _plain(text: str) -> bool:
     """True when `text` is written as itself: plain characters, and YAML reads it back as a
     string (not ``true``, ``1.0``, ``0x1f``, ``null``, a date...)."""
-    return (
-        _PLAIN.fullmatch(text) is not None
-        and not text.endswith(":")
-        and _RESOLVER.resolve(yaml.ScalarNode, text, (True, False)) == _STR  # type: ignore[no-untyped-call]
-    )
+    return _PLAIN.fullmatch(text) is not None and not text.endswith(":") and _reads_as_string(text)
+
+
+def _reads_as_string(text: str) -> bool:
+    tag = _RESOLVER.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+    return bool(tag == _STR)
 
 
 class _Emitter:
@@ -199,8 +200,10 @@ class _Emitter:
     def _learn(cls, cache: dict[str, str | None], text: str, *, as_key: bool) -> str | None:
         """How libyaml writes `text` as a key or a value, on one line; None when not so."""
         found: str | None = None
-        if _plain(text) and (not as_key or len(text) < _SIMPLE_KEY_MAX):
-            found = text
+        simple = _PLAIN.fullmatch(text) is not None and not text.endswith(":")
+        if simple and (not as_key or len(text) < _SIMPLE_KEY_MAX):
+            # Plain when it reads back as a string, else single-quoted ('1.0', 'true').
+            found = text if _reads_as_string(text) else f"'{text}'"
         elif text and _printable(text):
             written = dump_libyaml({text: 0} if as_key else {"k": text})
             if as_key and written.endswith(": 0\n"):

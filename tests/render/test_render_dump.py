@@ -153,3 +153,13 @@ def test_text_judged_plain_is_written_plain_by_pyyaml(text: str) -> None:
 def test_text_that_reads_as_another_type_is_not_plain(text: str) -> None:
     assert not yamlemit._plain(text)
     _same_everywhere({text: text})
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_plainish)
+def test_plain_characters_that_read_as_another_type_are_single_quoted(text: str) -> None:
+    if not yamlemit._PLAIN.fullmatch(text) or text.endswith(":") or yamlemit._plain(text):
+        return
+    assert yamlemit.dump_pure({"k": text}) == f"k: '{text}'\n"
+    assert yamlemit.dump_pure({text: 0}) == f"'{text}': 0\n"
+    assert yamlemit.dump({"k": text, text: 0}) == yamlemit.dump_pure({"k": text, text: 0})
