@@ -120,7 +120,11 @@ def test_wisdom_canary_staging_then_prod_east(world: World, git_argv: Path) -> N
         primary = files[PRIMARY.format(cluster)]
         assert "app.kubernetes.io/version: v1" in primary
         assert "mnist-svm-v1.joblib" in primary
-        assert "wisdom-1" not in files[ROUTING.format(cluster)]
+        routing = files[ROUTING.format(cluster)].splitlines()
+        # Nothing routes to the removed object; the recorded reason names it.
+        assert [line for line in routing if "wisdom-1" in line] == [
+            "    gitops-rollout.dev/reason: v1 promoted; wisdom-1 (v1) removed"
+        ]
 
     world.delete_policy()
     drive(world, lambda w: not any("/rollout/" in path for path in w.files()))
