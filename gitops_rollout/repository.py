@@ -195,7 +195,9 @@ def load(
         # a second process (`_load_policies` below then finds them in the cache).
         _parse_policies(tree, caches)
     prefetch.wait()
-    inventory, manifest_problems = manifests.scan(tree, cache=caches.manifests)
+    inventory, manifest_problems = manifests.scan(
+        tree, cache=caches.manifests, files=prefetch.files
+    )
     if statuses:
         manifests.with_status(inventory, statuses)
     inventory.unreachable.update(unreachable or {})

@@ -9,6 +9,7 @@ files that changed. Readiness is not known here; `snapshot` and `live` add it.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -215,8 +216,14 @@ def _parse_file(data: bytes, *, file: str, namespace: str) -> _Parsed:
     return _Parsed(tuple(versions), tuple(services))
 
 
-def scan(tree: Tree, *, cache: ManifestCache | None = None) -> tuple[Inventory, list[Problem]]:
-    """Every watched version under ``clusters/``, by cluster and model; readiness unknown."""
+def scan(
+    tree: Tree,
+    *,
+    cache: ManifestCache | None = None,
+    files: list[tuple[str, str, str, tuple[str, str]]] | None = None,
+) -> tuple[Inventory, list[Problem]]:
+    """Every watched version under ``clusters/``, by cluster and model; readiness unknown.
+    `files`: the manifest files when the caller listed them already (`Prefetch.files`)."""
     cache = cache if cache is not None else ManifestCache()
     inventory = Inventory()
     problems: list[Problem] = []
@@ -225,7 +232,7 @@ def scan(tree: Tree, *, cache: ManifestCache | None = None) -> tuple[Inventory, 
     service_index: dict[tuple[str, str], list[tuple[str, dict[str, str], tuple[ServicePort, ...]]]]
     service_index = {}
     pending: list[tuple[str, ModelVersion]] = []
-    files = _manifest_files(tree)
+    files = _manifest_files(tree) if files is None else files
     texts = read_all(tree, [path for path, _, _, key in files if key not in cache.entries])
     for path, cluster, namespace, key in files:
         parsed = cache.entries.get(key)
@@ -280,7 +287,9 @@ class Prefetch:
         self._keys: list[tuple[str, str]] = []
         self._worker: subprocess.Popen[bytes] | None = None
         self._input: Path | None = None
-        files = [f for f in _manifest_files(tree) if f[3] not in cache.entries]
+        self.files = _manifest_files(tree)
+        """Every manifest file (for `scan`, so that it does not list them again)."""
+        files = [f for f in self.files if f[3] not in cache.entries]
         if len(files) < PARALLEL_MIN or (os.cpu_count() or 1) < 2:
             return
         texts = read_all(tree, [path for path, _, _, _ in files])
@@ -368,5 +377,13 @@ def with_status(inventory: Inventory, statuses: Mapping[tuple[str, ObjectRef], S
             updated = []
             for v in versions:
                 status = statuses.get((cluster, v.ref)) or statuses.get(("", v.ref))
-                updated.append(replace(v, status=status) if status is not None else v)
+                updated.append(_with(v, status) if status is not None else v)
             models.models[model] = updated
+
+
+def _with(version: ModelVersion, status: Status) -> ModelVersion:
+    """`replace(version, status=status)` at a third of its cost (ten thousand per pass): a
+    shallow copy with the one field set, as the frozen dataclass allows only this way."""
+    copied = copy.copy(version)
+    object.__setattr__(copied, "status", status)
+    return copied
