@@ -46,6 +46,11 @@ def test_the_worker_reads_the_repository_as_one_process_does(
     monkeypatch.setattr(manifests.Prefetch, "wait", wait)
     alone = _view(monkeypatch, 10**9)
     assert started == [False]
+
+    def not_here(data: bytes, *, file: str, namespace: str) -> object:
+        raise AssertionError(f"{file} was parsed in this process, not by the worker")
+
+    monkeypatch.setattr(manifests, "_parse_file", not_here)  # the worker has its own module
     with_worker = _view(monkeypatch, 1)
     assert started == [False, True]
     assert _summary(with_worker) == _summary(alone)
