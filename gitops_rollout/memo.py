@@ -124,6 +124,7 @@ class PassMemo:
         self._fields: tuple[str, ...] = stored.get("fields", ())
         self._stored_world: str | None = stored.get("world")
         self._stored_checks: dict[int, tuple[str, str, bool]] = stored.get("merge_checks", {})
+        self._stored_paths: dict[int, tuple[str, ...]] = stored.get("merge_paths", {})
         self._open = open_heads
         self._only = only
         self._hits: dict[str, _File] = {}
@@ -150,6 +151,7 @@ class PassMemo:
         caches: repository.Caches | None = None,
         only: frozenset[str] | None = None,
         base_rev: str | None = None,
+        changed_since: Callable[[str], frozenset[str] | None] | None = None,
     ) -> PassMemo:
         """The memo kept next to the workspace clone `git_dir` (empty when there is none or it
         cannot be read), for a pass over every policy or those named in `only`. Lists the
@@ -173,14 +175,26 @@ class PassMemo:
             return memo
         heads = frozenset(p.head for p in pulls if p.state is PullState.OPEN)
         memo = cls(path, caches, stored, heads, only)
-        checks = (stored or {}).get("merge_checks", {})
-        memo._listed = _ListedOnce(host, key, pulls, checks=checks, base_rev=base_rev)
+        memo._listed = _ListedOnce(
+            host,
+            key,
+            pulls,
+            checks=(stored or {}).get("merge_checks", {}),
+            base_rev=base_rev,
+            paths=(stored or {}).get("merge_paths", {}),
+            changed_since=changed_since,
+        )
         return memo
 
     def host(self, host: GitHost) -> GitHost:
         """`host`, answering the pass's one listing of pull requests with the list the memo
         read at the start (one listing per pass, as `GitHost` expects)."""
         return self._listed if self._listed is not None else host
+
+    def touches(self, number: int, paths: Sequence[str]) -> None:
+        """Pull request `number`, opened or updated this pass, changes `paths`."""
+        if self._listed is not None:
+            self._listed.touches(number, paths)
 
     def open_pulls(self) -> list[PullRequest]:
         """The pull requests open at the start of the pass (none when the listing failed or
@@ -365,11 +379,13 @@ class PassMemo:
         manifests = _current_manifests(view.tree, self.caches.manifests)
         world = self._world_now(facts) if self._only is None else None
         checks = self._listed.current_checks() if self._listed is not None else {}
+        paths = self._listed.current_paths() if self._listed is not None else {}
         if (
             files == self._files
             and world == self._stored_world
             and set(manifests) == self._manifest_keys
             and checks == self._stored_checks
+            and paths == self._stored_paths
         ):
             return
         _write(
@@ -380,6 +396,7 @@ class PassMemo:
                 "world": world,
                 "manifests": manifests,
                 "merge_checks": checks,
+                "merge_paths": paths,
             },
         )
 
@@ -442,6 +459,8 @@ class _ListedOnce:
         error: RolloutError | None = None,
         checks: Mapping[int, tuple[str, str, bool]] | None = None,
         base_rev: str | None = None,
+        paths: Mapping[int, tuple[str, ...]] | None = None,
+        changed_since: Callable[[str], frozenset[str] | None] | None = None,
     ) -> None:
         self._host = host
         self._key: tuple[str, str] | None = key
@@ -450,6 +469,8 @@ class _ListedOnce:
         self._heads = {p.number: p.head_sha for p in self._pulls if p.state is PullState.OPEN}
         self._base_rev = base_rev
         self._checks = {n: c for n, c in (checks or {}).items() if n in self._heads}
+        self._paths = {n: ps for n, ps in (paths or {}).items() if n in self._heads}
+        self._changed_since = functools.cache(changed_since) if changed_since else None
 
     def pulls_for_prefix(self, prefix: str, *, base: str) -> list[PullRequest]:
         if self._key == (prefix, base):
@@ -472,10 +493,27 @@ class _ListedOnce:
         known = self._checks.get(number)
         if key is not None and known is not None and known[:2] == key:
             return known[2]
+        if key is not None and known is not None and self._still_clean(number, known, key[0]):
+            self._checks[number] = (key[0], key[1], True)
+            return True
         answer = self._host.mergeable(number)
         if key is not None and answer is not None:
             self._checks[number] = (key[0], key[1], answer)
         return answer
+
+    def _still_clean(self, number: int, known: tuple[str, str, bool], head: str) -> bool:
+        """True when `number` merged cleanly onto an earlier base and the base has changed
+        since only in files the pull request does not touch: a three-way merge can only
+        conflict in files both sides changed (and a file and a folder of one name)."""
+        paths = self._paths.get(number)
+        if not known[2] or known[0] != head or not paths or self._changed_since is None:
+            return False
+        changed = self._changed_since(known[1])
+        return changed is not None and not _overlap(changed, paths)
+
+    def touches(self, number: int, paths: Sequence[str]) -> None:
+        """Pull request `number`'s commit changes `paths` (what `_still_clean` compares)."""
+        self._paths[number] = tuple(paths)
 
     def open_pulls(self) -> list[PullRequest]:
         return [p for p in self._pulls if p.state is PullState.OPEN]
@@ -483,6 +521,11 @@ class _ListedOnce:
     def current_checks(self) -> dict[int, tuple[str, str, bool]]:
         """Remembered answers for the pull requests open at the start of this pass."""
         return dict(self._checks)
+
+    def current_paths(self) -> dict[int, tuple[str, ...]]:
+        """The files each pull request open at the start of this pass (or opened in it)
+        changes, where known."""
+        return dict(self._paths)
 
     def comment(self, number: int, body: str) -> None:
         self._host.comment(number, body)
@@ -571,3 +614,16 @@ def _write(path: Path, data: dict[str, Any]) -> None:
         log.warning("could not write the pass memo %s: %s", path, err)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+def _overlap(changed: frozenset[str], paths: Sequence[str]) -> bool:
+    """True when a changed file is one of `paths`, or lies below or above one of them."""
+    for path in paths:
+        if path in changed:
+            return True
+        prefix = path + "/"
+        parts = path.split("/")
+        above = {"/".join(parts[:i]) for i in range(1, len(parts))}
+        if above & changed or any(c.startswith(prefix) for c in changed):
+            return True
+    return False

@@ -619,8 +619,10 @@ def publish(
     host: GitHost,
     now: datetime,
     report: PassReport,
+    touched: Callable[[int, Sequence[str]], None] | None = None,
 ) -> None:
-    """Commit, push and open/update/merge/close pull requests for a pass's proposals."""
+    """Commit, push and open/update/merge/close pull requests for a pass's proposals.
+    `touched` learns which files each pull request opened or updated changes."""
     pulls = host.pulls_for_prefix(BRANCH_PREFIX, base=workspace.base)
     open_by_head: dict[str, PullRequest] = {}
     latest_by_head: dict[str, PullRequest] = {}
@@ -741,6 +743,8 @@ def publish(
             for d in prop.decisions:
                 d.outcome = "error"
             continue
+        if touched is not None:
+            touched(opened.number, [c.path for c in prop.changes])
         new = pull is None or pull.number != opened.number
         same = (
             pull is not None
@@ -829,6 +833,7 @@ def run_once(
             caches=caches,
             only=options.policies,
             base_rev=getattr(tree, "rev", None),
+            changed_since=workspace.changed_since,
         )
         if memoise and not options.commands and options.clusters is None
         else passmemo.PassMemo.disabled(caches)
@@ -865,6 +870,7 @@ def run_once(
             host=memo.host(host),
             now=options.now,
             report=report,
+            touched=memo.touches,
         )
     except RolloutError as err:
         report.error("host", str(err))

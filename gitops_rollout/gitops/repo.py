@@ -437,6 +437,15 @@ class Workspace:
         """The files of origin/<base> as last fetched."""
         return GitTree(self.git_dir, self.base_sha)
 
+    def changed_since(self, older: str) -> frozenset[str] | None:
+        """The files origin/<base> changed since its earlier commit `older`; None when `older`
+        is not an earlier commit of it (unknown here, or the branch was rewritten)."""
+        code, _, _ = self._run_status("merge-base", "--is-ancestor", older, self.base_sha)
+        if code != 0:
+            return None
+        out = self._run("diff", "--name-only", "--no-renames", "-z", older, self.base_sha)
+        return frozenset(p.decode(errors="surrogateescape") for p in out.split(b"\0") if p)
+
     def remote_heads(self) -> dict[str, str]:
         """{bot branch: sha} on the remote as of the last fetch (or our last push)."""
         prefix = f"refs/remotes/origin/{BRANCH_PREFIX}"

@@ -2,10 +2,13 @@
 
 Whether two commits merge cleanly never changes, so asking the host again while neither moved
 only costs a git process (local host) or an API read (forges) per waiting pull request and
-pass. Anything that moves either commit, or a host that cannot say, asks again.
+pass. A base that moved only in files the pull request does not touch keeps a clean merge
+clean; anything else that moves either commit, or a host that cannot say, asks again.
 """
 
 from __future__ import annotations
+
+import pytest
 
 from gitops_rollout.gitops.hosts.base import PullRequest, PullState
 from gitops_rollout.memo import _ListedOnce
@@ -85,3 +88,54 @@ def test_answers_for_pull_requests_no_longer_open_are_dropped() -> None:
     assert listed.current_checks() == {5: ("h1", "b1", True)}
     assert listed.mergeable(6) is True  # not open at the start of the pass: the host decides
     assert host.asked == [6]
+
+
+def _moved(
+    host: CountingHost, changed: frozenset[str] | None, paths: tuple[str, ...] = ("a/x.yaml",)
+) -> _ListedOnce:
+    return _ListedOnce(
+        host,  # type: ignore[arg-type]
+        KEY,
+        [_pull(5, "h1")],
+        checks={5: ("h1", "b1", True)},
+        base_rev="b2",
+        paths={5: paths},
+        changed_since=lambda older: changed if older == "b1" else None,
+    )
+
+
+def test_a_base_that_moved_elsewhere_keeps_a_clean_merge_clean() -> None:
+    host = CountingHost(False)
+    listed = _moved(host, frozenset({"b/y.yaml", "a/other.yaml"}))
+    assert listed.mergeable(5) is True
+    assert host.asked == []
+    assert listed.current_checks() == {5: ("h1", "b2", True)}
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        frozenset({"a/x.yaml"}),  # the same file
+        frozenset({"a"}),  # a file where the pull request has a folder
+        frozenset({"a/x.yaml/z"}),  # a folder where the pull request has a file
+    ],
+)
+def test_a_base_that_moved_in_the_pull_requests_files_asks_the_host(
+    changed: frozenset[str],
+) -> None:
+    host = CountingHost(False)
+    assert _moved(host, changed).mergeable(5) is False
+    assert host.asked == [5]
+
+
+def test_without_its_files_or_a_known_history_the_host_is_asked() -> None:
+    host = CountingHost(True)
+    assert _moved(host, None).mergeable(5) is True  # the old base is not an earlier commit
+    assert _moved(host, frozenset(), paths=()).mergeable(5) is True  # files never recorded
+    assert host.asked == [5, 5]
+
+
+def test_a_pull_request_opened_this_pass_has_its_files_remembered() -> None:
+    listed = _listed(CountingHost(True), [_pull(5, "h1")], {}, "b1")
+    listed.touches(7, ["c/z.yaml"])
+    assert listed.current_paths() == {7: ("c/z.yaml",)}
