@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hosts_e2e.world import FORGES, KINDS, World
@@ -147,6 +148,40 @@ def test_a_waiting_promotion_that_still_merges_is_left_alone(
     assert world.head(STAGING) == head, "no new commit: the reviewer's approval stands"
     # The open pull request proposes this very decision: its files are not even rendered.
     assert "staging" not in rendered
+
+
+@pytest.mark.slow
+def test_a_main_that_moved_elsewhere_is_not_a_question_for_the_host(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    number = waiting_promotion(world)
+    world.reconcile()  # the host is asked once; the memo keeps its answer and the PR's files
+    asked: list[int] = []
+    real_host = world.host
+
+    def counting_host() -> object:
+        host: Any = real_host()
+        real = host.mergeable
+
+        def mergeable(n: int) -> bool | None:
+            asked.append(n)
+            answer: bool | None = real(n)
+            return answer
+
+        host.mergeable = mergeable
+        return host
+
+    monkeypatch.setattr(world, "host", counting_host)
+    push_unrelated_change(world)
+
+    report = world.reconcile()
+
+    assert staging(report) == ("unchanged", number)
+    assert asked == [], "main moved only in files the pull request does not touch"
+    push_conflicting_change(world)
+    report = world.reconcile()
+    assert number in asked, "main moved in the pull request's files: the host decides"
+    assert staging(report) == ("updated", number)
 
 
 @pytest.mark.slow
