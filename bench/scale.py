@@ -733,6 +733,17 @@ def _run(world: World, args: argparse.Namespace) -> dict[str, Any]:
     ]
     out = world.root / "out"
     out.mkdir()
+
+    def reconcile_at(name: str, when: datetime, output: str) -> Measurement:
+        """One reconcile pass at `when`, its JSON report in out/`output`."""
+        return measure(
+            name,
+            [*reconcile, "--now", when.isoformat()],
+            cwd=world.root,
+            env=env,
+            stdout=out / output,
+        )
+
     results: list[Measurement] = []
     checks: dict[str, Any] = {}
 
@@ -757,13 +768,7 @@ def _run(world: World, args: argparse.Namespace) -> dict[str, Any]:
     checks["plan_routing_files"] = sum(1 for _ in plan_dir.rglob("routing.yaml"))
 
     before_main = remote_refs(world)["refs/heads/main"]
-    b = measure(
-        "(b) cold reconcile",
-        [*reconcile, "--now", T0.isoformat()],
-        cwd=world.root,
-        env=env,
-        stdout=out / "b.json",
-    )
+    b = reconcile_at("(b) cold reconcile", T0, "b.json")
     results.append(b)
     after_b = remote_refs(world)
     bot_refs = [r for r in after_b if r.startswith("refs/heads/gitops-rollout/")]
@@ -783,13 +788,7 @@ def _run(world: World, args: argparse.Namespace) -> dict[str, Any]:
     settle: list[Measurement] = []
     for n in range(1, MAX_SETTLE + 1):
         clock += timedelta(minutes=1)
-        step = measure(
-            f"    settling pass {n}",
-            [*reconcile, "--now", clock.isoformat()],
-            cwd=world.root,
-            env=env,
-            stdout=out / f"settle{n}.json",
-        )
+        step = reconcile_at(f"    settling pass {n}", clock, f"settle{n}.json")
         settle.append(step)
         now_refs = remote_refs(world)
         if now_refs == before:
@@ -799,13 +798,7 @@ def _run(world: World, args: argparse.Namespace) -> dict[str, Any]:
     checks["settled"] = remote_refs(world) == before
 
     clock += timedelta(minutes=1)
-    c = measure(
-        "(c) no-op reconcile",
-        [*reconcile, "--now", clock.isoformat()],
-        cwd=world.root,
-        env=env,
-        stdout=out / "c.json",
-    )
+    c = reconcile_at("(c) no-op reconcile", clock, "c.json")
     results.append(c)
     after_c = remote_refs(world)
     checks["c_changed_refs"] = sorted(
@@ -820,12 +813,8 @@ def _run(world: World, args: argparse.Namespace) -> dict[str, Any]:
     changed = human_change(world, CHANGE_SHARE, clock)
     after_human = remote_refs(world)
     clock += timedelta(minutes=1)
-    d = measure(
-        f"(d) reconcile, {len({m.name for _, m, _ in changed})} models changed",
-        [*reconcile, "--now", clock.isoformat()],
-        cwd=world.root,
-        env=env,
-        stdout=out / "d.json",
+    d = reconcile_at(
+        f"(d) reconcile, {len({m.name for _, m, _ in changed})} models changed", clock, "d.json"
     )
     results.append(d)
     after_d = remote_refs(world)

@@ -156,7 +156,8 @@ class PassMemo:
         """The memo kept next to the workspace clone `git_dir` (empty when there is none or it
         cannot be read), for a pass over every policy or those named in `only`. Lists the
         host's open pull requests: a rollout with one is planned. `base_rev`, the commit the
-        pass reads the base branch at, keys remembered mergeability (`_ListedOnce`)."""
+        pass reads the base branch at, keys remembered mergeability (`_ListedOnce`), and
+        `changed_since` says what the base changed since an earlier commit."""
         path = git_dir.parent / (git_dir.name.removesuffix(".git") + SUFFIX)
         caches = caches if caches is not None else repository.Caches()
         stored = _read(path)

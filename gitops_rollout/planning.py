@@ -189,7 +189,7 @@ def decide(
     defer: Callable[[RolloutKey, transitions.Transition], bool] | None = None,
 ) -> Planned:
     """The transition of one rollout and the files it wants on the main branch; not rendered
-    (`Planned.deferred`) when `defer` says an open pull request already proposes it."""
+    (`Planned.deferred`) when `defer` says they are made elsewhere or not needed."""
     key = key_of(situation.loaded, situation.cluster)
     transition = transitions.advance(
         situation,

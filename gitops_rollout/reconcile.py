@@ -311,8 +311,7 @@ class _Proposal:
 
 def _materialise(prop: _Proposal, tree: Tree, report: PassReport) -> bool:
     """Render a deferred proposal's files; False (reported) when they cannot be made."""
-    if prop.deferred is None:
-        return True
+    assert prop.deferred is not None
     p = prop.deferred.rendered(tree)
     prop.deferred = None
     if p.problems or p.transition is None:
