@@ -506,6 +506,7 @@ import atexit, functools, json, resource, sys, time
 out = sys.argv[1]
 sys.argv = ["gitops-rollout", *sys.argv[2:]]
 host = [0.0]
+depth = [0]
 def report():
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -518,15 +519,19 @@ def timed(method):
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
         started = time.perf_counter()
+        depth[0] += 1
         try:
             return method(*args, **kwargs)
         finally:
-            host[0] += time.perf_counter() - started
+            depth[0] -= 1
+            if not depth[0]:  # the outermost call only: open_or_update calls open_many
+                host[0] += time.perf_counter() - started
     return wrapper
 if sys.argv[1] != "plan":
     # Time spent inside the local host's API (its own git calls and records included).
     from gitops_rollout.gitops.hosts.local import LocalHost
-    for name in ("pulls_for_prefix", "open_or_update", "merge", "close", "comment", "comments"):
+    for name in ("pulls_for_prefix", "open_or_update", "open_many", "merge", "merge_many",
+                 "mergeable", "close", "comment", "comments"):
         if hasattr(LocalHost, name):
             setattr(LocalHost, name, timed(getattr(LocalHost, name)))
 from gitops_rollout.cli import run

@@ -37,7 +37,14 @@ from gitops_rollout import planning, render, repository
 from gitops_rollout.errors import Problem, RolloutError
 from gitops_rollout.gitops import pr_body
 from gitops_rollout.gitops.changeset import ChangeSet, build_many
-from gitops_rollout.gitops.hosts.base import GitHost, PullRequest, PullRequestDraft, PullState
+from gitops_rollout.gitops.hosts.base import (
+    GitHost,
+    PullRequest,
+    PullRequestDraft,
+    PullState,
+    merge_all,
+    open_all,
+)
 from gitops_rollout.gitops.repo import (
     BRANCH_PREFIX,
     CommitMessage,
@@ -679,7 +686,6 @@ def publish(
         todo.append(prop)
 
     humans = workspace.human_edits([p.branch for p in todo])
-    base_tree = functools.cache(workspace.tree)  # read once, if a deferred PR is rebuilt
     requests = []
     for prop in todo:
         if prop.branch in humans:
@@ -709,7 +715,7 @@ def publish(
                 for d in prop.decisions:
                     d.outcome, d.pr, d.pr_url = "unchanged", current.number, current.url
                 continue
-        if prop.deferred is not None and not _materialise(prop, base_tree(), report):
+        if prop.deferred is not None and not _materialise(prop, workspace.tree(), report):
             continue
         requests.append(CommitRequest(prop.branch, prop.changes, prop.message))
     by_branch = {p.branch: p for p in todo}
@@ -718,6 +724,7 @@ def publish(
     except RolloutError as err:
         report.error("git", str(err))
         return
+    opening: list[tuple[_Proposal, PullRequest | None, PushOutcome]] = []
     for result in results:
         prop = by_branch[result.branch]
         pull: PullRequest | None = open_by_head.get(result.branch)
@@ -735,10 +742,25 @@ def publish(
             continue
         if result.outcome is PushOutcome.EMPTY:
             continue
-        try:
-            opened = host.open_or_update(prop.draft(prop.changes))
-        except RolloutError as err:
-            report.error("host", f"pull request for {result.branch}: {err}")
+        opening.append((prop, pull, result.outcome))
+    _open_and_merge(opening, host=host, report=report, touched=touched)
+
+
+def _open_and_merge(
+    pushed: Sequence[tuple[_Proposal, PullRequest | None, PushOutcome]],
+    *,
+    host: GitHost,
+    report: PassReport,
+    touched: Callable[[int, Sequence[str]], None] | None,
+) -> None:
+    """Open or update the pull request of every pushed proposal (with the PR open before the
+    push, and how the push went), then merge those the policy lets the bot merge: each step
+    one batch where the host offers batches."""
+    opened_all = open_all(host, [prop.draft(prop.changes) for prop, _, _ in pushed])
+    done: list[tuple[_Proposal, PullRequest, bool, str]] = []
+    for (prop, pull, pushed_as), opened in zip(pushed, opened_all, strict=True):
+        if isinstance(opened, RolloutError):
+            report.error("host", f"pull request for {prop.branch}: {opened}")
             for d in prop.decisions:
                 d.outcome = "error"
             continue
@@ -748,25 +770,30 @@ def publish(
         same = (
             pull is not None
             and _digest_of(pull) == prop.digest
-            and result.outcome is PushOutcome.UNCHANGED
+            and pushed_as is PushOutcome.UNCHANGED
         )
-        outcome = "opened" if new else ("unchanged" if same else "updated")
-        if prop.auto_merge:
-            try:
-                merged = host.merge(
-                    opened.number, message=f"{prop.message.subject} (#{opened.number})"
-                )
-            except RolloutError as err:
-                report.error("host", f"merging #{opened.number}: {err}")
-            else:
-                if merged.merged:
-                    outcome = "merged"
-                elif merged.queued:
-                    # The host merges it once its checks pass; the next pass sees the merge.
-                    log.info("#%s merge queued on the host: %s", opened.number, merged.reason)
-                elif merged.reason:
-                    log.info("#%s not merged yet: %s", opened.number, merged.reason)
-                    _note_unmerged(host, opened, merged.reason, prop.decisions, report)
+        done.append((prop, opened, new, "opened" if new else ("unchanged" if same else "updated")))
+    to_merge = [i for i, (prop, _, _, _) in enumerate(done) if prop.auto_merge]
+    merged_all = merge_all(
+        host,
+        [
+            (done[i][1].number, f"{done[i][0].message.subject} (#{done[i][1].number})")
+            for i in to_merge
+        ],
+    )
+    for i, merged in zip(to_merge, merged_all, strict=True):
+        prop, opened, new, _ = done[i]
+        if isinstance(merged, RolloutError):
+            report.error("host", f"merging #{opened.number}: {merged}")
+        elif merged.merged:
+            done[i] = (prop, opened, new, "merged")
+        elif merged.queued:
+            # The host merges it once its checks pass; the next pass sees the merge.
+            log.info("#%s merge queued on the host: %s", opened.number, merged.reason)
+        elif merged.reason:
+            log.info("#%s not merged yet: %s", opened.number, merged.reason)
+            _note_unmerged(host, opened, merged.reason, prop.decisions, report)
+    for prop, opened, new, outcome in done:
         if prop.holding and not new and outcome != "merged":
             _note_hold(host, opened, prop.decisions, report)
         for d in prop.decisions:

@@ -298,6 +298,7 @@ class Workspace:
         self._lock = lock
         self._git = git.Git()
         self._base_sha: str | None = None
+        self._tree: GitTree | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -434,8 +435,12 @@ class Workspace:
         return self._base_sha
 
     def tree(self) -> GitTree:
-        """The files of origin/<base> as last fetched."""
-        return GitTree(self.git_dir, self.base_sha)
+        """The files of origin/<base> as last fetched: one listing (and one reader) per
+        commit, however many times a pass asks."""
+        sha = self.base_sha
+        if self._tree is None or self._tree.rev != sha:
+            self._tree = GitTree(self.git_dir, sha)
+        return self._tree
 
     def changed_since(self, older: str) -> frozenset[str] | None:
         """The files origin/<base> changed since its earlier commit `older`; None when `older`
@@ -762,7 +767,7 @@ class Workspace:
         # One raw diff of each head against its parent gives both sides' blob ids; the base's
         # come from one ls-tree (the change set may have been built on an older base).
         diffs = self._diffs([c.sha for _, c in candidates])
-        on_base = GitTree(self.git_dir, base)
+        on_base = self.tree()
         same = set()
         for r, c in candidates:
             want = {}

@@ -6,8 +6,10 @@ SIGKILLs itself, as an OOM kill or a node drain would, and ``E2E_KILL_NTH`` whic
 
 - ``commit``: the pass's commits are built in the cache, nothing is pushed;
 - ``push``: ``git push`` returned, the cache has not recorded what it pushed;
-- ``pull-request``: before opening (or updating) a pull request;
-- ``merge``: before the bot merges a pull request it opened.
+- ``pull-request``: before opening (or updating) a pull request, inside the host's batch: the
+  records before it are written, no pull ref is set yet;
+- ``merge``: before the bot merges the pull requests it opened;
+- ``merged``: main moved to the merge commits, the records do not say merged yet.
 
 Usage: ``python killer.py reconcile --remote ... `` (the arguments of ``gitops-rollout``).
 """
@@ -21,7 +23,8 @@ from collections.abc import Callable
 from typing import Any
 
 from gitops_rollout import cli
-from gitops_rollout.gitops.hosts.local import LocalHost
+from gitops_rollout.gitops.hosts.base import PullState
+from gitops_rollout.gitops.hosts.local import LocalHost, PullRecord
 from gitops_rollout.gitops.repo import Workspace
 
 
@@ -64,23 +67,32 @@ def install(point: str, nth: int) -> None:
 
         Workspace._run_status = push_then_die  # type: ignore[method-assign]
     elif point == "pull-request":
-        open_or_update = LocalHost.open_or_update
+        open_one = LocalHost._open_one
 
         def die_then_open(self: LocalHost, *args: Any, **kwargs: Any) -> Any:
             if hit():
                 _die()
-            return open_or_update(self, *args, **kwargs)
+            return open_one(self, *args, **kwargs)
 
-        LocalHost.open_or_update = die_then_open  # type: ignore[method-assign]
+        LocalHost._open_one = die_then_open  # type: ignore[method-assign]
     elif point == "merge":
-        merge = LocalHost.merge
+        merge_many = LocalHost.merge_many
 
         def die_then_merge(self: LocalHost, *args: Any, **kwargs: Any) -> Any:
             if hit():
                 _die()
-            return merge(self, *args, **kwargs)
+            return merge_many(self, *args, **kwargs)
 
-        LocalHost.merge = die_then_merge  # type: ignore[method-assign]
+        LocalHost.merge_many = die_then_merge  # type: ignore[method-assign]
+    elif point == "merged":
+        save = LocalHost._save
+
+        def die_before_recording_merged(self: LocalHost, record: PullRecord) -> None:
+            if record.state is PullState.MERGED and hit():
+                _die()
+            save(self, record)
+
+        LocalHost._save = die_before_recording_merged  # type: ignore[method-assign]
     else:
         raise SystemExit(f"unknown E2E_KILL_AT {point!r}")
 

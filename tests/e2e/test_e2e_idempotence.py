@@ -114,7 +114,12 @@ KILL_POINTS = [
     pytest.param("push", 1, FIRST_PASS_BRANCHES, 0, id="after-push-before-recording-it"),
     pytest.param("pull-request", 1, FIRST_PASS_BRANCHES, 0, id="before-any-pull-request"),
     pytest.param("pull-request", 3, FIRST_PASS_BRANCHES, 2, id="between-two-pull-requests"),
-    pytest.param("merge", 1, FIRST_PASS_BRANCHES, 1, id="after-pull-request-before-merge"),
+    pytest.param(
+        "merge", 1, FIRST_PASS_BRANCHES, FIRST_PASS_BRANCHES, id="after-pull-requests-before-merge"
+    ),
+    pytest.param(
+        "merged", 1, FIRST_PASS_BRANCHES, FIRST_PASS_BRANCHES, id="after-merge-before-recording-it"
+    ),
 ]
 
 

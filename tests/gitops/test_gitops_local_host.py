@@ -329,8 +329,9 @@ def test_open_or_update_reads_only_its_own_record(
 
     assert (updated.number, updated.body) == (18, "second")
     assert reads == ["18.json"], "the other 39 records are not read"
-    # Two git calls, neither reading every ref (as for-each-ref does) or every branch.
-    assert git_calls == ["cat-file", "merge-base"]
+    # Two git calls, neither reading every ref or every branch: a look-up of its refs, and
+    # whether its head is on main already (for-each-ref --merged naming that branch only).
+    assert git_calls == ["cat-file", "for-each-ref"]
     # A branch without a pull request yet: no record read at all, one claimed number.
     [new] = bot_branches(remote, 1, prefix="gitops-rollout/staging/ml/m")
     reads.clear()

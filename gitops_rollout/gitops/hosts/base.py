@@ -7,9 +7,12 @@ meaning, so the reconcile pass never knows which host it talks to. Branches are 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+from gitops_rollout.errors import RolloutError
 
 
 class PullState(StrEnum):
@@ -126,3 +129,46 @@ class GitHost(Protocol):
     def close(self, number: int, *, comment: str = "") -> None:
         """Close pull request `number` without merging (superseded or no longer needed)."""
         ...
+
+
+@runtime_checkable
+class BatchingHost(Protocol):
+    """A host that opens, and merges, many pull requests at once for less than one at a time
+    (the local host: a few git processes per batch instead of several per pull request).
+    Results come in the order asked, with the error an item met in its place."""
+
+    def open_many(self, drafts: Sequence[PullRequestDraft]) -> list[PullRequest | RolloutError]:
+        """`GitHost.open_or_update` for each draft."""
+        ...
+
+    def merge_many(self, merges: Sequence[tuple[int, str]]) -> list[MergeResult | RolloutError]:
+        """`GitHost.merge` for each (number, message), as if one after another."""
+        ...
+
+
+def open_all(host: GitHost, drafts: Sequence[PullRequestDraft]) -> list[PullRequest | RolloutError]:
+    """`host.open_or_update` for each draft, in one batch where the host offers it; a draft's
+    error stands in its place and does not stop the others."""
+    if isinstance(host, BatchingHost):
+        return host.open_many(drafts)
+    opened: list[PullRequest | RolloutError] = []
+    for draft in drafts:
+        try:
+            opened.append(host.open_or_update(draft))
+        except RolloutError as err:
+            opened.append(err)
+    return opened
+
+
+def merge_all(host: GitHost, merges: Sequence[tuple[int, str]]) -> list[MergeResult | RolloutError]:
+    """`host.merge` for each (number, message), in one batch where the host offers it; an
+    error stands in its place and does not stop the others."""
+    if isinstance(host, BatchingHost):
+        return host.merge_many(merges)
+    merged: list[MergeResult | RolloutError] = []
+    for number, message in merges:
+        try:
+            merged.append(host.merge(number, message=message))
+        except RolloutError as err:
+            merged.append(err)
+    return merged

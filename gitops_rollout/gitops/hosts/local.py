@@ -24,7 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import git
 
-from gitops_rollout.errors import HostError
+from gitops_rollout.errors import HostError, RolloutError
 from gitops_rollout.gitops.hosts.base import MergeResult, PullRequest, PullRequestDraft, PullState
 from gitops_rollout.gitops.repo import Identity
 
@@ -186,6 +186,12 @@ class _Repo:
             name: line for name, line in zip(names, lines, strict=True) if line != f"{name} missing"
         }
 
+    def update_refs(self, refs: dict[str, str]) -> None:
+        """Set every ref of `refs` (name: sha) in one transaction (one git process)."""
+        if refs:
+            commands = "".join(f"update {name} {sha}\n" for name, sha in sorted(refs.items()))
+            self.check("update-ref", "--stdin", stdin=commands.encode())
+
     def is_ancestor(self, older: str, newer: str) -> bool:
         code, _, err = self.run("merge-base", "--is-ancestor", older, newer)
         if code > 1:
@@ -244,65 +250,109 @@ class LocalHost:
         ]
 
     def open_or_update(self, draft: PullRequestDraft) -> PullRequest:
-        """Open a pull request for `draft.head`, or update the open one (never a second).
+        """Open a pull request for `draft.head`, or update the open one (never a second)."""
+        [result] = self.open_many([draft])
+        if isinstance(result, RolloutError):
+            raise result
+        return result
 
-        Only the head's newest record is read: an open one is always the newest, since a new
-        pull request is opened only when none is open.
+    def open_many(self, drafts: Sequence[PullRequestDraft]) -> list[PullRequest | RolloutError]:
+        """`open_or_update` for each of `drafts`, in order: the pull request, or the error
+        that draft met. One lock, one look-up of every branch, one ancestry query per base and
+        one transaction for the pull refs serve the whole batch (three git processes, where
+        one pull request at a time took three or four each).
+
+        Only each head's newest record is read: an open one is always the newest, since a new
+        pull request is opened only when none is open. Dying part-way is safe: a record
+        written without its index entry is indexed by the next look-up, one without its pull
+        ref gets it when it is next brought up to date.
         """
-        head_ref, base_ref = f"refs/heads/{draft.head}", f"refs/heads/{draft.base}"
+        if not drafts:
+            return []
         with self._locked():
-            latest, through = self._latest(draft.head, draft.base)
-            patterns = [head_ref, base_ref]
-            if latest is not None and latest.state is PullState.OPEN:
-                patterns.append(f"refs/pull/{latest.number}/head")
-            refs = self._git.resolve(*patterns)
-            if latest is not None:
-                latest = self._refresh_one(latest, refs)
-            head_sha, base_sha = refs.get(head_ref), refs.get(base_ref)
-            if head_sha is None:
-                raise HostError(
-                    f"branch {draft.head!r} does not exist in {self.bare}; push it first"
-                )
-            if base_sha is None:
-                raise HostError(f"base branch {draft.base!r} does not exist in {self.bare}")
-            now = self._clock()
-            if latest is not None and latest.state is PullState.OPEN:
-                updated = replace(
-                    latest,
-                    title=draft.title,
-                    body=draft.body,
-                    labels=tuple(draft.labels),
-                    reviewers=tuple(dict.fromkeys((*latest.reviewers, *draft.reviewers))),
-                )
-                if updated != latest:
-                    updated = replace(updated, updated_at=now)
-                    self._save(updated)
-                return self._pull(updated)
-            if self._git.is_ancestor(head_sha, base_sha):
-                raise HostError(
-                    f"no commits between {draft.base!r} and {draft.head!r}: nothing to review"
-                )
-            number = self._claim_number(after=through)
-            record = PullRecord(
-                number=number,
-                head=draft.head,
-                base=draft.base,
+            latest, through = self._latest_all([(d.head, d.base) for d in drafts])
+            names = {f"refs/heads/{d.head}" for d in drafts} | {
+                f"refs/heads/{d.base}" for d in drafts
+            }
+            names |= {f"refs/pull/{r.number}/head" for r in latest.values() if r is not None}
+            refs = self._git.resolve(*sorted(names))
+            merged = self._reached(refs, {(d.head, d.base) for d in drafts})
+            pending: dict[str, str] = {}
+            mark = through
+            results: list[PullRequest | RolloutError] = []
+            for draft in drafts:
+                key = (draft.head, draft.base)
+                try:
+                    record, mark = self._open_one(
+                        draft, latest[key], refs, key in merged, pending, mark=mark
+                    )
+                except HostError as err:
+                    results.append(err)
+                    continue
+                latest[key] = record
+                results.append(self._pull(record))
+            if mark != through:
+                _write_json(self._mark, {"format": _FORMAT, "through": mark})
+            self._git.update_refs(pending)
+        return results
+
+    def _open_one(
+        self,
+        draft: PullRequestDraft,
+        latest: PullRecord | None,
+        refs: dict[str, str],
+        reached: bool,
+        pending: dict[str, str],
+        *,
+        mark: int,
+    ) -> tuple[PullRecord, int]:
+        """One draft of `open_many`: its open pull request updated, or a new one. `refs` holds
+        its branches, `reached` says its head is on its base already, `pending` collects pull
+        refs to set and `mark` is the index mark so far; returns the record and the new mark."""
+        head_sha = refs.get(f"refs/heads/{draft.head}")
+        base_sha = refs.get(f"refs/heads/{draft.base}")
+        if latest is not None:
+            latest = self._sync(latest, refs, reached=reached, pending=pending)
+        if head_sha is None:
+            raise HostError(f"branch {draft.head!r} does not exist in {self.bare}; push it first")
+        if base_sha is None:
+            raise HostError(f"base branch {draft.base!r} does not exist in {self.bare}")
+        now = self._clock()
+        if latest is not None and latest.state is PullState.OPEN:
+            updated = replace(
+                latest,
                 title=draft.title,
                 body=draft.body,
-                state=PullState.OPEN,
-                head_sha=head_sha,
-                created_at=now,
-                updated_at=now,
                 labels=tuple(draft.labels),
-                reviewers=tuple(draft.reviewers),
+                reviewers=tuple(dict.fromkeys((*latest.reviewers, *draft.reviewers))),
             )
-            self._save(record)
-            # Dying before this is safe: the next look-up indexes records above the mark.
-            self._index_record(record)
-            if number == through + 1:
-                _write_json(self._mark, {"format": _FORMAT, "through": number})
-            self._git.check("update-ref", f"refs/pull/{number}/head", head_sha)
-            return self._pull(record)
+            if updated != latest:
+                updated = replace(updated, updated_at=now)
+                self._save(updated)
+            return updated, mark
+        if reached:
+            raise HostError(
+                f"no commits between {draft.base!r} and {draft.head!r}: nothing to review"
+            )
+        number = self._claim_number(after=mark)
+        record = PullRecord(
+            number=number,
+            head=draft.head,
+            base=draft.base,
+            title=draft.title,
+            body=draft.body,
+            state=PullState.OPEN,
+            head_sha=head_sha,
+            created_at=now,
+            updated_at=now,
+            labels=tuple(draft.labels),
+            reviewers=tuple(draft.reviewers),
+        )
+        self._save(record)
+        # Dying before this is safe: the next look-up indexes records above the mark.
+        self._index_record(record)
+        pending[f"refs/pull/{number}/head"] = head_sha
+        return record, number if number == mark + 1 else mark
 
     def mergeable(self, number: int) -> bool | None:
         """Whether open pull request `number` merges cleanly into its base now (a trial merge
@@ -333,40 +383,82 @@ class LocalHost:
         the merge is recomputed on the new base. A conflict returns merged=False naming the
         files; nothing is ever forced.
         """
+        [result] = self.merge_many([(number, message)], by=by)
+        if isinstance(result, RolloutError):
+            raise result
+        return result
+
+    def merge_many(
+        self, merges: Sequence[tuple[int, str]], *, by: str | None = None
+    ) -> list[MergeResult | RolloutError]:
+        """`merge` for each (number, message) of `merges`, in order, as if one after another:
+        each merge commit is made on top of the one before, and the base branch moves once,
+        with one compare-and-swap, to the last. If the base moved meanwhile, the whole chain
+        is made again on the new base. One git process per pull request (its trial merge) and
+        one per commit, plus three for the batch, where one at a time took six each.
+        """
         with self._locked():
-            record = self._load(number)
-            base_ref = f"refs/heads/{record.base}"
-            # The pull request's refs and the base in one look-up (one git process).
-            refs = self._git.resolve(
-                f"refs/heads/{record.head}", f"refs/pull/{record.number}/head", base_ref
-            )
-            record = self._refresh_one(record, refs)
-            if record.state is PullState.MERGED:
-                return MergeResult(True, record.merge_sha, reason="already merged")
-            if record.state is PullState.CLOSED:
-                return MergeResult(False, reason=f"pull request #{number} is closed")
-            base_seen: str | None = refs.get(base_ref)
-            for _ in range(self._attempts):
-                base_sha = base_seen or self._git.resolve(base_ref).get(base_ref)
-                base_seen = None
-                if base_sha is None:
-                    return MergeResult(False, reason=f"base branch {record.base!r} is gone")
-                try:
-                    tree, files = self._trial_merge(base_sha, record.head_sha)
-                except HostError as error:
-                    return MergeResult(False, reason=f"cannot merge: {error}")
-                if files is not None:
-                    return MergeResult(
-                        False,
-                        reason=f"merge conflict with {record.base} in {', '.join(files)}: "
-                        f"update {record.head} on top of {record.base}",
+            results: dict[int, MergeResult | RolloutError] = {}
+            todo: list[tuple[int, PullRecord, str]] = []
+            for index, (number, message) in enumerate(merges):
+                record = self._record(number)
+                if record is None:
+                    results[index] = HostError(f"no pull request #{number} in {self.bare}")
+                else:
+                    todo.append((index, record, message))
+            for base in dict.fromkeys(record.base for _, record, _ in todo):
+                chain = [item for item in todo if item[1].base == base]
+                results.update(self._merge_chain(base, chain, by=by or self._user))
+        return [results[index] for index in range(len(merges))]
+
+    def _merge_chain(
+        self, base: str, todo: list[tuple[int, PullRecord, str]], *, by: str
+    ) -> dict[int, MergeResult | RolloutError]:
+        """`merge_many` for the pull requests into one base: {index: result}."""
+        base_ref = f"refs/heads/{base}"
+        results: dict[int, MergeResult | RolloutError] = {}
+        for _ in range(self._attempts):
+            names = {base_ref}
+            for _, record, _ in todo:
+                names |= {f"refs/heads/{record.head}", f"refs/pull/{record.number}/head"}
+            refs = self._git.resolve(*sorted(names))
+            base_sha = refs.get(base_ref)
+            if base_sha is None:
+                gone = MergeResult(False, reason=f"base branch {base!r} is gone")
+                return {**results, **{index: gone for index, _, _ in todo}}
+            reached = self._reached(refs, {(record.head, base) for _, record, _ in todo})
+            pending: dict[str, str] = {}
+            tip = base_sha
+            made: list[tuple[int, PullRecord, str, str, datetime]] = []
+            for index, record, message in todo:
+                record = self._sync(
+                    record, refs, reached=(record.head, base) in reached, pending=pending
+                )
+                if record.state is not PullState.OPEN:
+                    results[index] = (
+                        MergeResult(True, record.merge_sha, reason="already merged")
+                        if record.state is PullState.MERGED
+                        else MergeResult(False, reason=f"pull request #{record.number} is closed")
                     )
+                    continue
+                try:
+                    tree, files = self._trial_merge(tip, record.head_sha)
+                except HostError as error:
+                    results[index] = MergeResult(False, reason=f"cannot merge: {error}")
+                    continue
+                if files is not None:
+                    results[index] = MergeResult(
+                        False,
+                        reason=f"merge conflict with {base} in {', '.join(files)}: "
+                        f"update {record.head} on top of {base}",
+                    )
+                    continue
                 when = self._clock()
-                merge_sha = self._git.check(
+                tip = self._git.check(
                     "commit-tree",
                     tree,
                     "-p",
-                    base_sha,
+                    tip,
                     "-p",
                     record.head_sha,
                     "-F",
@@ -374,36 +466,44 @@ class LocalHost:
                     stdin=message.encode(),
                     env=self._identity.env(when),
                 ).strip()
+                made.append((index, record, message, tip, when))
+            self._git.update_refs(pending)
+            if not made:
+                return results
+            for _, record, _, merge_sha, _ in made:
                 self._save(replace(record, merging=merge_sha))
-                code, _, err = self._git.run(
-                    "update-ref",
-                    "-m",
-                    f"merge pull request #{number}",
-                    base_ref,
-                    merge_sha,
-                    base_sha,
-                )
-                if code == 0:
-                    merged = replace(
-                        record,
-                        state=PullState.MERGED,
-                        merge_sha=merge_sha,
-                        merged_at=when,
-                        merged_by=by or self._user,
-                        updated_at=when,
-                        merging=None,
-                    )
-                    self._save(merged)
-                    return MergeResult(True, merge_sha)
-                if self._git.resolve(base_ref).get(base_ref) == base_sha:
-                    raise HostError(f"cannot update {base_ref} in {self.bare}: {err.strip()}")
-                # The base moved under us (a push landed): merge again onto the new base.
-                record = self._refresh_one(replace(record, merging=None))
-                if record.state is not PullState.OPEN:
-                    return MergeResult(record.state is PullState.MERGED, record.merge_sha)
-            return MergeResult(
-                False, reason=f"{record.base} kept moving during {self._attempts} merge attempts"
+            numbers = ", ".join(f"#{record.number}" for _, record, _, _, _ in made)
+            what = "pull requests" if len(made) > 1 else "pull request"
+            code, _, err = self._git.run(
+                "update-ref", "-m", f"merge {what} {numbers}", base_ref, tip, base_sha
             )
+            if code == 0:
+                for index, record, _, merge_sha, when in made:
+                    self._save(
+                        replace(
+                            record,
+                            state=PullState.MERGED,
+                            merge_sha=merge_sha,
+                            merged_at=when,
+                            merged_by=by,
+                            updated_at=when,
+                            merging=None,
+                        )
+                    )
+                    results[index] = MergeResult(True, merge_sha)
+                return results
+            if self._git.resolve(base_ref).get(base_ref) == base_sha:
+                refused = HostError(f"cannot update {base_ref} in {self.bare}: {err.strip()}")
+                return {**results, **{index: refused for index, _, _, _, _ in made}}
+            # The base moved under us (a push landed): merge them again onto the new base.
+            todo = [
+                (index, replace(record, merging=None), message)
+                for index, record, message, _, _ in made
+            ]
+        kept_moving = MergeResult(
+            False, reason=f"{base} kept moving during {self._attempts} merge attempts"
+        )
+        return {**results, **{index: kept_moving for index, _, _ in todo}}
 
     def close(self, number: int, *, comment: str = "", by: str | None = None) -> None:
         """Close without merging. Closing a closed pull request does nothing."""
@@ -557,9 +657,42 @@ class LocalHost:
             merged[base] = set(out.split())
         return merged
 
-    def _sync(self, record: PullRecord, refs: dict[str, str], *, reached: bool) -> PullRecord:
+    def _reached(self, refs: dict[str, str], keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Those (head, base) of `keys` whose head branch's commit, as `refs` has it, is on
+        the base branch's already: one ``for-each-ref --merged`` per base, naming the heads
+        exactly. A head pushed again between the two reads is judged by its new commit (the
+        next look-up sees the push anyway)."""
+        by_base: dict[str, list[str]] = {}
+        for head, base in keys:
+            if f"refs/heads/{head}" in refs and f"refs/heads/{base}" in refs:
+                by_base.setdefault(base, []).append(f"refs/heads/{head}")
+        reached: set[tuple[str, str]] = set()
+        for base, heads in by_base.items():
+            out = self._git.check(
+                "for-each-ref",
+                f"--merged={refs[f'refs/heads/{base}']}",
+                "--format=%(objectname) %(refname)",
+                *sorted(heads),
+            )
+            for line in out.splitlines():
+                sha, _, ref = line.partition(" ")
+                if ref in heads and (
+                    sha == refs[ref] or self._git.is_ancestor(refs[ref], f"refs/heads/{base}")
+                ):
+                    reached.add((ref.removeprefix("refs/heads/"), base))
+        return reached
+
+    def _sync(
+        self,
+        record: PullRecord,
+        refs: dict[str, str],
+        *,
+        reached: bool,
+        pending: dict[str, str] | None = None,
+    ) -> PullRecord:
         """An open pull request as a host would show it now: following its branch. `reached`
-        says its head branch's commit is on the base branch already."""
+        says its head branch's commit is on the base branch already. A pull ref that must
+        move is moved now, or added to `pending` (ref: sha) for the caller to set."""
         if record.state is not PullState.OPEN:
             return record
         head = refs.get(f"refs/heads/{record.head}")
@@ -590,8 +723,12 @@ class LocalHost:
             )
         elif head != record.head_sha:
             updated = replace(record, head_sha=head)
-        if updated.state is PullState.OPEN and refs.get(f"refs/pull/{record.number}/head") != head:
-            self._git.check("update-ref", f"refs/pull/{record.number}/head", updated.head_sha)
+        pull_ref = f"refs/pull/{record.number}/head"
+        if updated.state is PullState.OPEN and refs.get(pull_ref) != head:
+            if pending is None:
+                self._git.check("update-ref", pull_ref, updated.head_sha)
+            else:
+                pending[pull_ref] = updated.head_sha
         if updated != record:
             updated = replace(updated, updated_at=self._clock(), merging=None)
             self._save(updated)
@@ -643,18 +780,24 @@ class LocalHost:
     # Entries are the host's own: deleting heads.json has the whole index rebuilt; an entry
     # deleted by hand goes unnoticed (its branch would get a second pull request).
 
-    def _latest(self, head: str, base: str) -> tuple[PullRecord | None, int]:
-        """The newest pull request from `head` into `base` (reading no other record), and the
-        number up to which every record is indexed."""
+    def _latest_all(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> tuple[dict[tuple[str, str], PullRecord | None], int]:
+        """The newest pull request from each (head, base) of `keys` (reading no other record),
+        and the number up to which every record is indexed."""
+
+        def look_up() -> dict[tuple[str, str], PullRecord | None]:
+            return {key: self._lookup(*key) for key in keys}
+
         try:
             through = self._read_mark()
             through = self._catch_up(through) if through is not None else self._rebuild_index()
-            return self._lookup(head, base), through
+            return look_up(), through
         except _StaleIndex as err:
             log.warning("%s: %s; rebuilding the pull request index", self.bare, err)
             through = self._rebuild_index()
         try:
-            return self._lookup(head, base), through
+            return look_up(), through
         except _StaleIndex as err:
             raise HostError(
                 f"the pull request index of {self.bare} is inconsistent: {err}"

@@ -1,0 +1,254 @@
+"""The local host in batches: many pull requests opened, and merged, for a few git processes.
+
+`open_many` and `merge_many` must mean exactly what `open_or_update` and `merge` one after
+another mean (the reconcile pass uses them through `hosts.base.open_all` / `merge_all`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from gitops_helpers import Clock, Remote, git
+
+from gitops_rollout.errors import HostError
+from gitops_rollout.gitops.hosts.base import (
+    BatchingHost,
+    MergeResult,
+    PullRequest,
+    PullRequestDraft,
+    PullState,
+    merge_all,
+    open_all,
+)
+from gitops_rollout.gitops.hosts.local import LocalHost, _Repo
+
+MODELS = ("wisdom", "iris", "scoring")
+
+
+def head_of(model: str) -> str:
+    return f"gitops-rollout/prod/ml/{model}"
+
+
+def routing_of(model: str) -> str:
+    return f"clusters/prod/ml/{model}/rollout/routing.yaml"
+
+
+def draft(model: str, body: str = "first") -> PullRequestDraft:
+    return PullRequestDraft(
+        head=head_of(model),
+        base="main",
+        title=f"rollout({model}): prod step 1",
+        body=body,
+        labels=("gitops-rollout",),
+    )
+
+
+def push(remote: Remote, model: str, content: str = "spec: {w: 10}\n") -> str:
+    """A bot branch changing only `model`'s routing file, on top of main."""
+    return remote.commit(
+        {routing_of(model): content}, branch=head_of(model), author=("gitops-rollout", "bot@x")
+    )
+
+
+@pytest.fixture
+def git_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    seen: list[str] = []
+    run = _Repo.run
+
+    def counting(self: _Repo, *args: str, **kwargs: Any) -> tuple[int, str, str]:
+        seen.append(args[0])
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(_Repo, "run", counting)
+    return seen
+
+
+def test_the_local_host_batches_and_other_hosts_go_one_by_one(host: LocalHost) -> None:
+    assert isinstance(host, BatchingHost)
+
+    class OneByOne:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def open_or_update(self, d: PullRequestDraft) -> PullRequest:
+            self.calls.append(f"open {d.head}")
+            if d.head.endswith("iris"):
+                raise HostError("iris refused")
+            return PullRequest(1, d.head, d.base, d.title, d.body, PullState.OPEN, "0" * 40)
+
+        def merge(self, number: int, *, message: str) -> MergeResult:
+            self.calls.append(f"merge {number}")
+            if number == 2:
+                raise HostError("no")
+            return MergeResult(True, "1" * 40)
+
+    one = OneByOne()
+    assert not isinstance(one, BatchingHost)
+    opened = open_all(one, [draft(m) for m in MODELS])  # type: ignore[arg-type]
+    assert [type(o).__name__ for o in opened] == ["PullRequest", "HostError", "PullRequest"]
+    merged = merge_all(one, [(1, "a"), (2, "b"), (3, "c")])  # type: ignore[arg-type]
+    assert [type(m).__name__ for m in merged] == ["MergeResult", "HostError", "MergeResult"]
+    assert one.calls == [*(f"open {head_of(m)}" for m in MODELS), "merge 1", "merge 2", "merge 3"]
+
+
+def test_open_many_means_open_or_update_for_each(
+    host: LocalHost, remote: Remote, git_calls: list[str]
+) -> None:
+    push(remote, "wisdom")
+    assert host.open_or_update(draft("wisdom")).number == 1
+    iris = push(remote, "iris")
+    scoring = push(remote, "scoring")
+    git(
+        "--git-dir",
+        str(remote.path),
+        "update-ref",
+        "refs/heads/gitops-rollout/prod/ml/stale",
+        "main",
+    )
+    git_calls.clear()
+
+    results = host.open_many(
+        [
+            draft("wisdom", body="second"),
+            draft("iris"),
+            PullRequestDraft("gitops-rollout/prod/ml/stale", "main", "t", "b"),
+            PullRequestDraft("gitops-rollout/prod/ml/never-pushed", "main", "t", "b"),
+            draft("scoring"),
+        ]
+    )
+
+    wisdom, opened_iris, stale, missing, opened_scoring = results
+    assert isinstance(wisdom, PullRequest) and (wisdom.number, wisdom.body) == (1, "second")
+    assert isinstance(opened_iris, PullRequest) and isinstance(opened_scoring, PullRequest)
+    assert (opened_iris.number, opened_iris.head_sha) == (2, iris)
+    assert (opened_scoring.number, opened_scoring.head_sha) == (3, scoring)
+    assert isinstance(stale, HostError) and "nothing to review" in str(stale)
+    assert isinstance(missing, HostError) and "push it first" in str(missing)
+    refs = remote.refs()
+    assert (refs["refs/pull/2/head"], refs["refs/pull/3/head"]) == (iris, scoring)
+    # One look-up, one ancestry query, one ref transaction for the five drafts.
+    assert git_calls == ["cat-file", "for-each-ref", "update-ref"]
+    # The same answers as one at a time: nothing new is opened the second time round.
+    again = host.open_many([draft("iris"), draft("scoring")])
+    assert [p.number for p in again if isinstance(p, PullRequest)] == [2, 3]
+    assert [p.number for p in host.list_pulls()] == [3, 2, 1]
+
+
+def test_one_draft_twice_in_a_batch_opens_one_pull_request(host: LocalHost, remote: Remote) -> None:
+    push(remote, "wisdom")
+    first, second = host.open_many([draft("wisdom"), draft("wisdom", body="again")])
+    assert isinstance(first, PullRequest) and isinstance(second, PullRequest)
+    assert (first.number, second.number, second.body) == (1, 1, "again")
+
+
+def test_merge_many_chains_merges_and_moves_main_once(
+    host: LocalHost, remote: Remote, clock: Clock, git_calls: list[str]
+) -> None:
+    base = remote.sha("main")
+    heads = {m: push(remote, m) for m in MODELS}
+    numbers = [
+        p.number for p in host.open_many([draft(m) for m in MODELS]) if isinstance(p, PullRequest)
+    ]
+    clock.tick()
+    git_calls.clear()
+
+    results = host.merge_many([(n, f"merge #{n}") for n in numbers])
+
+    assert all(isinstance(r, MergeResult) and r.merged for r in results)
+    shas = [r.merge_sha for r in results if isinstance(r, MergeResult)]
+    assert remote.sha("main") == shas[-1]
+    # As if merged one after another: each merge commit on top of the one before.
+    chain = remote.log("main", "%H %P", "--first-parent", f"{base}..main")
+    assert chain == [
+        f"{shas[2]} {shas[1]} {heads['scoring']}",
+        f"{shas[1]} {shas[0]} {heads['iris']}",
+        f"{shas[0]} {base} {heads['wisdom']}",
+    ]
+    for m in MODELS:
+        assert remote.show("main", routing_of(m)) == b"spec: {w: 10}\n"
+    for n, sha in zip(numbers, shas, strict=True):
+        record = host.show(n)
+        assert (record.state, record.merge_sha, record.merged_at, record.merging) == (
+            PullState.MERGED,
+            sha,
+            clock.now,
+            None,
+        )
+    # A trial merge and a commit each, then one look-up, one ancestry query, one swap.
+    assert sorted(git_calls) == sorted(
+        ["cat-file", "for-each-ref", "update-ref"] + ["merge-tree", "commit-tree"] * 3
+    )
+    # Merging again says so and makes nothing.
+    again = host.merge_many([(numbers[0], "x")])
+    assert again == [MergeResult(True, shas[0], reason="already merged")]
+
+
+def test_a_conflict_in_a_batch_leaves_the_others_merged(host: LocalHost, remote: Remote) -> None:
+    for m in MODELS:
+        push(remote, m)
+    numbers = [
+        p.number for p in host.open_many([draft(m) for m in MODELS]) if isinstance(p, PullRequest)
+    ]
+    human = remote.commit({routing_of("iris"): "spec: {w: 99} # hand edit\n"})
+
+    wisdom, iris, scoring = host.merge_many([(n, f"merge #{n}") for n in numbers])
+
+    assert isinstance(iris, MergeResult) and not iris.merged
+    assert iris.reason.startswith(f"merge conflict with main in {routing_of('iris')}")
+    assert isinstance(wisdom, MergeResult) and isinstance(scoring, MergeResult)
+    assert wisdom.merged and scoring.merged and remote.sha("main") == scoring.merge_sha
+    assert remote.show("main", routing_of("iris")) == b"spec: {w: 99} # hand edit\n"
+    assert [line.split()[1] for line in remote.log("main", "%H %P", "--first-parent", "-2")] == [
+        wisdom.merge_sha,
+        human,
+    ]
+    assert host.show(numbers[1]).state is PullState.OPEN
+
+
+def test_a_push_during_a_batch_merge_has_the_whole_chain_made_again(
+    host: LocalHost, remote: Remote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for m in MODELS:
+        push(remote, m)
+    numbers = [
+        p.number for p in host.open_many([draft(m) for m in MODELS]) if isinstance(p, PullRequest)
+    ]
+    pushed: list[str] = []
+    run = host._git.run
+
+    def racing(*args: str, **kwargs: Any) -> tuple[int, str, str]:
+        # A human's push lands after the chain was made, just before main is swapped.
+        if args[:2] == ("update-ref", "-m") and not pushed:
+            pushed.append(remote.commit({"README.md": "hello\n"}))
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(host._git, "run", racing)
+    results = host.merge_many([(n, f"merge #{n}") for n in numbers])
+
+    assert all(isinstance(r, MergeResult) and r.merged for r in results)
+    # Three merge commits on top of the human's commit, not beside it.
+    chain = remote.log("main", "%H %P", "--first-parent", "-4")
+    assert [line.split()[0] for line in chain] == [
+        *(r.merge_sha for r in reversed(results) if isinstance(r, MergeResult)),
+        pushed[0],
+    ]
+    assert chain[2].split()[1] == pushed[0]
+    assert remote.show("main", "README.md") == b"hello\n"
+    for m in MODELS:
+        assert remote.show("main", routing_of(m)) == b"spec: {w: 10}\n"
+
+
+def test_unknown_and_closed_numbers_answer_in_place(host: LocalHost, remote: Remote) -> None:
+    push(remote, "wisdom")
+    push(remote, "iris")
+    wisdom, iris = (
+        p.number
+        for p in host.open_many([draft("wisdom"), draft("iris")])
+        if isinstance(p, PullRequest)
+    )
+    host.close(iris, comment="no")
+    merged, closed, unknown = host.merge_many([(wisdom, "m"), (iris, "m"), (99, "m")])
+    assert isinstance(merged, MergeResult) and merged.merged
+    assert closed == MergeResult(False, reason=f"pull request #{iris} is closed")
+    assert isinstance(unknown, HostError) and "no pull request #99" in str(unknown)
