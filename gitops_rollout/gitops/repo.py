@@ -50,6 +50,9 @@ _LOCAL = "refs/gitops-rollout/"
 _SCRATCH = _LOCAL + "scratch"
 """The one ref fast-import builds on; commits are known by their marks (10,000 refs cost 1 s)."""
 
+_LISTINGS = "gitops-rollout-listings"
+"""Inside the cache clone: the file listings of the last few fetched commits (`GitTree`)."""
+
 _PUSH_CHUNK = 500
 """Leased (moved) branches per ``git push``: git's lease check costs remote refs x leases."""
 
@@ -387,7 +390,11 @@ class Workspace:
         self._run("config", "remote.origin.tagOpt", "--no-tags", git_dir=git_dir)
 
     def close(self) -> None:
-        """Release the cache lock (also released if the process dies)."""
+        """Stop the tree reader and release the cache lock (also released if the process
+        dies)."""
+        if self._tree is not None:
+            self._tree.close()
+            self._tree = None
         if not self._lock.closed:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
@@ -439,7 +446,7 @@ class Workspace:
         commit, however many times a pass asks."""
         sha = self.base_sha
         if self._tree is None or self._tree.rev != sha:
-            self._tree = GitTree(self.git_dir, sha)
+            self._tree = GitTree(self.git_dir, sha, listings=self.git_dir / _LISTINGS)
         return self._tree
 
     def changed_since(self, older: str) -> frozenset[str] | None:
