@@ -531,7 +531,7 @@ if sys.argv[1] != "plan":
     # Time spent inside the local host's API (its own git calls and records included).
     from gitops_rollout.gitops.hosts.local import LocalHost
     for name in ("pulls_for_prefix", "open_or_update", "open_many", "merge", "merge_many",
-                 "mergeable", "close", "comment", "comments"):
+                 "mergeable", "mergeable_many", "close", "comment", "comments"):
         if hasattr(LocalHost, name):
             setattr(LocalHost, name, timed(getattr(LocalHost, name)))
 from gitops_rollout.cli import run

@@ -51,6 +51,7 @@ from gitops_rollout.gitops.hosts.base import (
     PullRequest,
     PullRequestDraft,
     PullState,
+    mergeable_all,
 )
 from gitops_rollout.gitops.repo import BRANCH_PREFIX
 from gitops_rollout.inventory.manifests import ManifestCache
@@ -449,7 +450,10 @@ def orphans(view: repository.RepositoryView) -> list[Planned]:
 
 
 class _ListedOnce:
-    """A host whose first listing of pull requests is one already made (the memo's)."""
+    """A host whose first listing of pull requests is one already made (the memo's).
+
+    Everything else goes to the host; attributes it does not define (a batching host's
+    `open_many`, `merge_many`) are the host's own, so it batches when the host does."""
 
     def __init__(
         self,
@@ -489,18 +493,41 @@ class _ListedOnce:
         two commits merge cleanly never changes, so a waiting pull request costs the host
         nothing while neither its branch nor the base branch moves (one git process on the
         local host, one API read on a forge, per waiting pull request and pass otherwise)."""
-        head = self._heads.get(number)
-        key = (head, self._base_rev) if head and self._base_rev else None
-        known = self._checks.get(number)
-        if key is not None and known is not None and known[:2] == key:
-            return known[2]
-        if key is not None and known is not None and self._still_clean(number, known, key[0]):
-            self._checks[number] = (key[0], key[1], True)
-            return True
-        answer = self._host.mergeable(number)
-        if key is not None and answer is not None:
-            self._checks[number] = (key[0], key[1], answer)
+        [answer] = self.mergeable_many([number])
+        if isinstance(answer, RolloutError):
+            raise answer
         return answer
+
+    def mergeable_many(self, numbers: Sequence[int]) -> list[bool | RolloutError | None]:
+        """`mergeable` for each number: the remembered answers, and the host asked about the
+        rest in one batch (`hosts.base.mergeable_all`)."""
+        known: dict[int, bool | RolloutError | None] = {}
+        ask: list[int] = []
+        for number in dict.fromkeys(numbers):
+            remembered = self._remembered(number)
+            if remembered is None:
+                ask.append(number)
+            else:
+                known[number] = remembered
+        for number, answer in zip(ask, mergeable_all(self._host, ask), strict=True):
+            known[number] = answer
+            head = self._heads.get(number)
+            if head and self._base_rev and isinstance(answer, bool):
+                self._checks[number] = (head, self._base_rev, answer)
+        return [known[number] for number in numbers]
+
+    def _remembered(self, number: int) -> bool | None:
+        """The answer for `number` without asking the host, when it is known."""
+        head = self._heads.get(number)
+        known = self._checks.get(number)
+        if not head or not self._base_rev or known is None:
+            return None
+        if known[:2] == (head, self._base_rev):
+            return known[2]
+        if self._still_clean(number, known, head):
+            self._checks[number] = (head, self._base_rev, True)
+            return True
+        return None
 
     def _still_clean(self, number: int, known: tuple[str, str, bool], head: str) -> bool:
         """True when `number` merged cleanly onto an earlier base and the base has changed

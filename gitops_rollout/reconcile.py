@@ -43,6 +43,7 @@ from gitops_rollout.gitops.hosts.base import (
     PullRequestDraft,
     PullState,
     merge_all,
+    mergeable_all,
     open_all,
 )
 from gitops_rollout.gitops.repo import (
@@ -686,6 +687,19 @@ def publish(
         todo.append(prop)
 
     humans = workspace.human_edits([p.branch for p in todo])
+    # The same decision waiting for a reviewer. Rebuilding it would only refresh the reason's
+    # numbers, and a new commit dismisses approvals on most hosts: it is left alone unless the
+    # host says it no longer merges cleanly. Asked for these pull requests only (listings do
+    # not say), in one batch; a host that cannot tell is no reason to dismiss approvals.
+    waiting_pulls = {
+        prop.branch: current
+        for prop in todo
+        if prop.branch not in humans
+        and not prop.auto_merge
+        and (current := open_by_head.get(prop.branch)) is not None
+        and _digest_of(current) == prop.digest
+    }
+    still_merges = _still_merges(host, list(waiting_pulls.values()), report)
     requests = []
     for prop in todo:
         if prop.branch in humans:
@@ -699,22 +713,11 @@ def publish(
             if edited is not None:
                 _note_human_edit(host, edited, head=edit.head, what=edit.describe(), report=report)
             continue
-        current = open_by_head.get(prop.branch)
-        if not prop.auto_merge and current is not None and _digest_of(current) == prop.digest:
-            # The same decision waits for a reviewer. Rebuilding it would only refresh the
-            # reason's numbers, and a new commit dismisses approvals on most hosts: leave it,
-            # unless the host says it no longer merges cleanly. Asked here, for these pull
-            # requests only (listings do not say); a host that cannot tell is no reason to
-            # dismiss approvals.
-            try:
-                mergeable = host.mergeable(current.number)
-            except RolloutError as err:
-                report.error("host", f"asking whether #{current.number} still merges: {err}")
-                mergeable = None
-            if mergeable is not False:
-                for d in prop.decisions:
-                    d.outcome, d.pr, d.pr_url = "unchanged", current.number, current.url
-                continue
+        waiting = waiting_pulls.get(prop.branch)
+        if waiting is not None and waiting.number in still_merges:
+            for d in prop.decisions:
+                d.outcome, d.pr, d.pr_url = "unchanged", waiting.number, waiting.url
+            continue
         if prop.deferred is not None and not _materialise(prop, workspace.tree(), report):
             continue
         requests.append(CommitRequest(prop.branch, prop.changes, prop.message))
@@ -744,6 +747,19 @@ def publish(
             continue
         opening.append((prop, pull, result.outcome))
     _open_and_merge(opening, host=host, report=report, touched=touched)
+
+
+def _still_merges(host: GitHost, pulls: Sequence[PullRequest], report: PassReport) -> set[int]:
+    """The numbers of `pulls` the host does not say conflict with their base (asked in one
+    batch where the host offers it); a question the host cannot answer is reported."""
+    answers = mergeable_all(host, [pull.number for pull in pulls])
+    fine = set()
+    for pull, answer in zip(pulls, answers, strict=True):
+        if isinstance(answer, RolloutError):
+            report.error("host", f"asking whether #{pull.number} still merges: {answer}")
+        if answer is not False:
+            fine.add(pull.number)
+    return fine
 
 
 def _open_and_merge(

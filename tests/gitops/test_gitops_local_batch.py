@@ -6,6 +6,8 @@ another mean (the reconcile pass uses them through `hosts.base.open_all` / `merg
 
 from __future__ import annotations
 
+import os
+import subprocess
 from typing import Any
 
 import pytest
@@ -21,7 +23,7 @@ from gitops_rollout.gitops.hosts.base import (
     merge_all,
     open_all,
 )
-from gitops_rollout.gitops.hosts.local import LocalHost, _Repo
+from gitops_rollout.gitops.hosts.local import HOST_IDENTITY, LocalHost, _Repo
 
 MODELS = ("wisdom", "iris", "scoring")
 
@@ -175,10 +177,39 @@ def test_merge_many_chains_merges_and_moves_main_once(
             clock.now,
             None,
         )
-    # A trial merge and a commit each, then one look-up, one ancestry query, one swap.
+    # A trial merge each (the merge commits are written without git), then one look-up, one
+    # ancestry query, one question about the object format and one swap.
     assert sorted(git_calls) == sorted(
-        ["cat-file", "for-each-ref", "update-ref"] + ["merge-tree", "commit-tree"] * 3
+        ["cat-file", "for-each-ref", "rev-parse", "update-ref"] + ["merge-tree"] * 3
     )
+    # The commits written without git are sound objects, and exactly what commit-tree makes.
+    git("--git-dir", str(remote.path), "fsck", "--strict", "--no-dangling")
+    for sha in shas:
+        tree, parents = git(
+            "--git-dir", str(remote.path), "show", "-s", "--format=%T %P", sha
+        ).split(" ", 1)
+        message = git("--git-dir", str(remote.path), "cat-file", "commit", sha).split("\n\n", 1)[1]
+        again = (
+            subprocess.run(
+                [
+                    "git",
+                    "--git-dir",
+                    str(remote.path),
+                    "commit-tree",
+                    tree.strip(),
+                    *(a for p in parents.split() for a in ("-p", p)),
+                    "-F",
+                    "-",
+                ],
+                input=message.encode(),
+                env={**os.environ, **HOST_IDENTITY.env(clock.now)},
+                capture_output=True,
+                check=True,
+            )
+            .stdout.decode()
+            .strip()
+        )
+        assert again == sha
     # Merging again says so and makes nothing.
     again = host.merge_many([(numbers[0], "x")])
     assert again == [MergeResult(True, shas[0], reason="already merged")]
@@ -252,3 +283,23 @@ def test_unknown_and_closed_numbers_answer_in_place(host: LocalHost, remote: Rem
     assert isinstance(merged, MergeResult) and merged.merged
     assert closed == MergeResult(False, reason=f"pull request #{iris} is closed")
     assert isinstance(unknown, HostError) and "no pull request #99" in str(unknown)
+
+
+def test_mergeable_many_asks_git_once_per_batch_and_once_per_open_pull_request(
+    host: LocalHost, remote: Remote, git_calls: list[str]
+) -> None:
+    for m in MODELS:
+        push(remote, m)
+    wisdom, iris, scoring = (
+        p.number for p in host.open_many([draft(m) for m in MODELS]) if isinstance(p, PullRequest)
+    )
+    host.close(scoring, comment="no")
+    remote.commit({routing_of("iris"): "spec: {w: 99} # hand edit\n"})
+    git_calls.clear()
+
+    answers = host.mergeable_many([wisdom, iris, scoring, 99])
+
+    assert answers[:3] == [True, False, None]
+    assert isinstance(answers[3], HostError) and "no pull request #99" in str(answers[3])
+    assert sorted(git_calls) == sorted(["cat-file", "for-each-ref", "merge-tree", "merge-tree"])
+    assert [host.mergeable(n) for n in (wisdom, iris, scoring)] == [True, False, None]

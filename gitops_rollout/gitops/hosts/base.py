@@ -145,6 +145,10 @@ class BatchingHost(Protocol):
         """`GitHost.merge` for each (number, message), as if one after another."""
         ...
 
+    def mergeable_many(self, numbers: Sequence[int]) -> list[bool | RolloutError | None]:
+        """`GitHost.mergeable` for each number."""
+        ...
+
 
 def open_all(host: GitHost, drafts: Sequence[PullRequestDraft]) -> list[PullRequest | RolloutError]:
     """`host.open_or_update` for each draft, in one batch where the host offers it; a draft's
@@ -172,3 +176,17 @@ def merge_all(host: GitHost, merges: Sequence[tuple[int, str]]) -> list[MergeRes
         except RolloutError as err:
             merged.append(err)
     return merged
+
+
+def mergeable_all(host: GitHost, numbers: Sequence[int]) -> list[bool | RolloutError | None]:
+    """`host.mergeable` for each number, in one batch where the host offers it; an error
+    stands in its place and does not stop the others."""
+    if isinstance(host, BatchingHost):
+        return host.mergeable_many(numbers)
+    answers: list[bool | RolloutError | None] = []
+    for number in numbers:
+        try:
+            answers.append(host.mergeable(number))
+        except RolloutError as err:
+            answers.append(err)
+    return answers
