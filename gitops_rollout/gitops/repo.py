@@ -19,6 +19,8 @@ import base64
 import fcntl
 import hashlib
 import logging
+import os
+import pickle
 import random
 import re
 import tempfile
@@ -53,6 +55,14 @@ _SCRATCH = _LOCAL + "scratch"
 _LISTINGS = "gitops-rollout-listings"
 """Inside the cache clone: the file listings of the last few fetched commits (`GitTree`)."""
 
+_MERGE_TIMES = "gitops-rollout-merge-times"
+"""Inside the cache clone: `Workspace.merge_time`'s answers as of one origin/<base> commit."""
+
+_MERGE_TIMES_FORMAT = 1
+
+_MERGE_TIMES_KEPT = 200_000
+"""Paths the merge-time file holds at most; the least recently asked are dropped first."""
+
 _PUSH_CHUNK = 500
 """Leased (moved) branches per ``git push``: git's lease check costs remote refs x leases."""
 
@@ -63,6 +73,8 @@ _RETRYABLE = re.compile(
 """Rejections meaning "the branch moved": fetch, rebuild, retry (GitHub/GitLab/Gitea wording)."""
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+_OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 def branch_name(*, cluster: str, namespace: str, model: str) -> str:
@@ -254,6 +266,34 @@ class _Commit:
     committer_email: str
     committer_time: int
     message: bytes
+
+
+_Change = tuple[str, int]
+"""The newest first-parent commit touching a path: (sha, committer time in Unix seconds)."""
+
+
+@dataclass
+class _MergeTimes:
+    """`Workspace.merge_time`'s answers that hold for origin/<base> at `commit`."""
+
+    commit: str
+    changes: dict[str, _Change | None]
+    """{path: its newest change, or None when it never existed}, least recently asked first."""
+
+
+@dataclass(frozen=True)
+class _LogHeader:
+    """A commit's line in `Workspace._first_parent_changes`'s log (``%H %ct %P``)."""
+
+    sha: str
+    time: int
+    parent: str | None
+    """The first parent; None for a root commit."""
+
+    @classmethod
+    def parse(cls, token: bytes) -> _LogHeader:
+        sha, time, *parents = token.lstrip(b"\x1e").decode().split()
+        return cls(sha, int(time), parents[0] if parents else None)
 
 
 class SigningFormat(StrEnum):
@@ -861,12 +901,71 @@ class Workspace:
         The committer time of the newest first-parent commit (merge, squash or direct commit)
         whose diff against its first parent touches the path: the moment a change took effect
         on the branch Argo CD/Flux sync. Paths that never existed are absent from the result.
-        One ``git log`` call, stopped as soon as every path is found.
+
+        Answers are kept in the cache clone (`_MERGE_TIMES`) with the origin/<base> commit they
+        hold for, so the next call (usually the next pass's process) reads only the first-parent
+        commits made since: none when the branch has not moved. ``git log`` reads the whole
+        history, stopping as soon as every path is found, only for paths not asked before, or
+        when the kept commit is no longer on the branch's first parents (history rewritten).
         """
         wanted = set(paths)
-        found: dict[str, datetime] = {}
         if not wanted:
-            return found
+            return {}
+        # Only `fetch` moves origin/<base>, and it records where to: no git call when known.
+        head = self._base_sha or self._rev(f"refs/remotes/origin/{self._o.base}")
+        if head is None:
+            return {}
+        file = self.git_dir / _MERGE_TIMES
+        kept = _read_merge_times(file)
+        known = self._merge_times_at(head, kept)
+        answers = {p: known[p] for p in wanted if p in known}
+        new = wanted - answers.keys()
+        if new:
+            pending = set(new)
+            found: dict[str, _Change] = {}
+            self._first_parent_changes([head], pending, found)
+            answers |= found
+            answers |= dict.fromkeys(pending, None)  # never existed
+        if kept is None or kept.commit != head or new:
+            others = {p: c for p, c in known.items() if p not in answers}
+            _write_merge_times(file, _MergeTimes(head, {**others, **answers}))
+        return {p: datetime.fromtimestamp(c[1], UTC) for p, c in answers.items() if c is not None}
+
+    def _merge_times_at(self, head: str, kept: _MergeTimes | None) -> dict[str, _Change | None]:
+        """The kept answers brought forward to `head`, reading only the first-parent commits
+        after the kept one; empty when nothing is kept or the kept commit is not on `head`'s
+        first-parent chain (the branch was rewritten, or moved to a merge of it)."""
+        if kept is None or not kept.changes:
+            return {}
+        if kept.commit == head:
+            return kept.changes
+        newer: dict[str, _Change] = {}
+        last = self._first_parent_changes(
+            [head, f"^{kept.commit}"], set(kept.changes), newer, until_found=False
+        )
+        if last != kept.commit:
+            log.debug("merge times kept for %s do not hold for %s: reading all", kept.commit, head)
+            return {}
+        return {**kept.changes, **newer}
+
+    def _first_parent_changes(
+        self,
+        revs: Sequence[str],
+        pending: set[str],
+        found: dict[str, _Change],
+        *,
+        until_found: bool = True,
+    ) -> str | None:
+        """Walk the first parents from ``revs[0]`` (without the commits the other, ``^``-ed,
+        revs reach), newest first: each pending path that a commit's diff against its first
+        parent touches moves from `pending` to `found` with that (newest) commit.
+
+        Stops when nothing is pending, if `until_found`. Returns the first parent of the last
+        commit listed when the log was read to its end and was one first-parent chain from
+        ``revs[0]``: the commit the walk stopped above. Otherwise None.
+        """
+        if until_found and not pending:
+            return None
         args = [
             "log",
             "--first-parent",
@@ -874,26 +973,31 @@ class Workspace:
             "--no-renames",
             "--name-only",
             "-z",
-            "--format=\x1e%H %ct",
-            f"refs/remotes/origin/{self._o.base}",
+            "--format=\x1e%H %ct %P",
+            *revs,
+            "--",
         ]
-        current: datetime | None = None
+        current: _LogHeader | None = None
+        chained = True
         for raw in self._stream_tokens(args):
             token = raw.lstrip(b"\n")
             if token.startswith(b"\x1e"):
-                current = datetime.fromtimestamp(int(token.split()[1]), UTC)
+                header = _LogHeader.parse(token)
+                chained = chained and header.sha == (current.parent if current else revs[0])
+                current = header
                 continue
             if current is None:
                 continue
             path = token.decode(errors="replace")
             # A file matches itself and every folder above it that was asked for.
             while path:
-                if path in wanted and path not in found:
-                    found[path] = current
+                if path in pending:
+                    pending.discard(path)
+                    found[path] = (current.sha, current.time)
                 path = path.rpartition("/")[0]
-            if len(found) == len(wanted):
-                break
-        return found
+            if until_found and not pending:
+                return None
+        return current.parent if chained and current is not None else None
 
     def merged_with_trailer(self, key: str, values: Iterable[str]) -> dict[str, MergedCommit]:
         """For each trailer value (e.g. a decision digest), the first (oldest) first-parent
@@ -1195,6 +1299,46 @@ def _reachable(graph: Mapping[str, tuple[list[str], str, str]], head: str) -> li
         out.append(sha)
         stack.extend(graph[sha][0])
     return out
+
+
+def _read_merge_times(path: Path) -> _MergeTimes | None:
+    """The merge times kept in `path`; None when there are none or they cannot be used."""
+    try:
+        with path.open("rb") as handle:
+            # Written by this program into the cache clone it holds locked (see
+            # `_write_merge_times`); whoever can change it can change the clone's refs too.
+            data = pickle.load(handle)  # noqa: S301
+    except FileNotFoundError:
+        return None
+    except Exception as err:  # damaged or foreign: read the whole history again
+        log.debug("merge times in %s not used: %s", path, err)
+        return None
+    if not isinstance(data, dict) or data.get("format") != _MERGE_TIMES_FORMAT:
+        return None
+    commit, changes = data.get("commit"), data.get("changes")
+    if not isinstance(commit, str) or not _OID.fullmatch(commit) or not isinstance(changes, dict):
+        return None
+    return _MergeTimes(commit, changes)
+
+
+def _write_merge_times(path: Path, times: _MergeTimes) -> None:
+    """Keep `times` in `path` (atomically), without its least recently asked paths beyond
+    `_MERGE_TIMES_KEPT`. A failure only costs the next call a longer walk."""
+    changes = times.changes
+    if len(changes) > _MERGE_TIMES_KEPT:
+        changes = dict(list(changes.items())[-_MERGE_TIMES_KEPT:])
+    data = {"format": _MERGE_TIMES_FORMAT, "commit": times.commit, "changes": changes}
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                pickle.dump(data, out, protocol=5)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        log.debug("could not keep merge times in %s: %s", path, err)
 
 
 def _parse_porcelain(text: str) -> dict[str, tuple[bool, str]]:
