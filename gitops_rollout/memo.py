@@ -25,6 +25,9 @@ loads everything again). Time is not an input: the eligible phases do not read t
 memo is used only for a pass over every policy or a named subset of them, without operator
 commands and cluster filters; `tests/bench/test_memo.py` checks that memoised passes and full
 passes decide alike.
+
+The memo file also keeps parse results by blob id, so the next process does not parse them
+again: every manifest, and the policies that are planned again (not remembered).
 """
 
 from __future__ import annotations
@@ -134,6 +137,7 @@ class PassMemo:
         self._world_of: int | None = None
         self._listed: _ListedOnce | None = None
         self._manifest_keys = set(caches.manifests.entries)
+        self._policy_keys = set(stored.get("policies", {}))
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -165,6 +169,8 @@ class PassMemo:
         if stored is not None:
             for key, parsed in stored["manifests"].items():
                 caches.manifests.entries.setdefault(key, parsed)
+            for key, loaded in stored.get("policies", {}).items():
+                caches.policies.setdefault(key, loaded)
         key = (BRANCH_PREFIX, base)
         try:
             pulls = host.pulls_for_prefix(BRANCH_PREFIX, base=base)
@@ -379,6 +385,12 @@ class PassMemo:
             else:
                 files[path] = _plain(_File(blob, tuple(docs)))
         manifests = _current_manifests(view.tree, self.caches.manifests)
+        # The policies planned again next pass (not remembered) need not be parsed again.
+        policies = {}
+        for path in planned_files - files.keys():
+            key = (path, view.tree.blob_id(path))
+            if key in self.caches.policies:
+                policies[key] = self.caches.policies[key]
         world = self._world_now(facts) if self._only is None else None
         checks = self._listed.current_checks() if self._listed is not None else {}
         paths = self._listed.current_paths() if self._listed is not None else {}
@@ -386,6 +398,7 @@ class PassMemo:
             files == self._files
             and world == self._stored_world
             and set(manifests) == self._manifest_keys
+            and set(policies) == self._policy_keys
             and checks == self._stored_checks
             and paths == self._stored_paths
         ):
@@ -397,6 +410,7 @@ class PassMemo:
                 "fields": fields,
                 "world": world,
                 "manifests": manifests,
+                "policies": policies,
                 "merge_checks": checks,
                 "merge_paths": paths,
             },

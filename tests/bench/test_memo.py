@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from gitops_rollout import memo as passmemo
-from gitops_rollout import reconcile
+from gitops_rollout import reconcile, repository
 from gitops_rollout.composition import snapshot_source
 from gitops_rollout.gitops.hosts.base import PullRequestDraft
 from gitops_rollout.gitops.hosts.local import LocalHost
@@ -320,3 +320,27 @@ def test_memo_survives_a_new_process_and_ignores_a_damaged_file(
     stored.write_bytes(b"not a pickle")
     assert both(sides, world) == 0
     assert both(sides, world) > 0
+
+
+def test_policies_planned_again_are_not_parsed_again_in_the_next_process(
+    world: Any, sides: list[Side], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    memo, full = sides
+    for _ in range(3):
+        both(sides, world)
+    parsed: list[str] = []
+    real = repository.load_policy_text
+
+    def counting(text: bytes, *, file: str) -> Any:
+        parsed.append(file)
+        return real(text, file=file)
+
+    monkeypatch.setattr(repository, "load_policy_text", counting)
+    # Each pass is a new Workspace and new parse caches, as in a new process.
+    full.run(world.inventory)
+    assert len(parsed) == len(world.models), "a pass without the memo parses every policy"
+    parsed.clear()
+    memo.run(world.inventory)
+    remembered = memo.hits[-1]
+    assert 0 < remembered < len(world.models), "some policies are planned again"
+    assert parsed == [], "their parse results were kept with the memo"
