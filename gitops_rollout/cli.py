@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from gitops_rollout import __version__, policy
+from gitops_rollout import __version__
 from gitops_rollout.errors import InputError, Problem, RolloutError
 from gitops_rollout.tree import DirTree
 
@@ -115,6 +115,8 @@ def main(verbose: int) -> None:
 @main.command()
 def schema() -> None:
     """Print the JSON Schema of RolloutPolicy (for editors and CI)."""
+    from gitops_rollout import policy
+
     click.echo(json.dumps(policy.json_schema(), indent=2, sort_keys=True))
 
 
@@ -429,7 +431,7 @@ def _run_pass(
 ) -> None:
     """One pass; `command` is an operator's (policy name, Command) for the policy's clusters
     (or --cluster), looked up on the base branch of the remote the pass acts on."""
-    from gitops_rollout import composition, reconcile
+    from gitops_rollout import composition
 
     _one_shot()
 
@@ -451,6 +453,9 @@ def _run_pass(
             prometheus=prometheus,
             now=when,
         ) as ctx:
+            # The planning stages are imported while git fetches (`pass_context`).
+            from gitops_rollout import reconcile
+
             commands = dict(commands or {})
             if command is not None:
                 policy_name, action = command

@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gitops_rollout import reconcile
 from gitops_rollout.errors import RolloutError
 from gitops_rollout.gitops.hosts import HostConfig, git_credentials, make_host
 from gitops_rollout.gitops.hosts.base import GitHost, PullState
@@ -22,6 +22,11 @@ from gitops_rollout.inventory.model import ObjectRef, Status
 from gitops_rollout.inventory.snapshot import load_snapshots
 from gitops_rollout.settings import GitSettings, Settings
 from gitops_rollout.tree import DirTree
+
+if TYPE_CHECKING:
+    # Imported where used: a one-shot pass opens its workspace and begins fetching before
+    # it imports the planning stages (`pass_context`).
+    from gitops_rollout import reconcile
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,8 @@ def snapshot_source(specs: Sequence[str]) -> reconcile.InventorySource:
 
 def make_judge(*, metrics_file: str | None, prometheus: str | None) -> reconcile.Judge:
     """Verdicts from the analysis stage over evidence from the metrics stage."""
+    from gitops_rollout import reconcile
+
     if not metrics_file and not prometheus:
         return reconcile.no_verdicts
     from gitops_rollout import judging
@@ -81,7 +88,8 @@ def pass_context(
     prometheus: str | None,
     now: datetime,
 ) -> Iterator[PassContext]:
-    """Build the host, then open the workspace (locking its cache) for one or more passes.
+    """Build the host, then open the workspace (locking its cache) and begin fetching, for one
+    or more passes.
 
     git reaches an HTTPS remote with the host's own token (`git_credentials`), an SSH remote
     with the environment's keys and ``GIT_SSH_COMMAND``, a path directly.
@@ -102,6 +110,9 @@ def pass_context(
         credentials=git_credentials(host, settings.git.remote),
         signing=signing_of(settings.git),
     )
+    # Every pass starts by fetching: git can do it while the caller goes on (importing the
+    # planning stages, on the command line).
+    workspace.start_fetch()
     try:
         yield PassContext(
             workspace=workspace,
@@ -122,6 +133,8 @@ def checkout_history(
     A folder that is not a Git checkout (or has no `base` branch) has no history: nothing is
     known to have taken effect, so progressing rollouts wait.
     """
+    from gitops_rollout import reconcile
+
     if not (repo / ".git").exists():
         yield reconcile.NoHistory()
         return
@@ -151,6 +164,8 @@ def plan_only(
     cache_dir: Path,
 ) -> reconcile.PlanResult:
     """What a pass would decide and change for the checkout in `repo`; writes nothing."""
+    from gitops_rollout import reconcile
+
     statuses, unreachable = snapshot_source(inventory)()
     with checkout_history(repo, cache_dir=cache_dir) as history:
         return reconcile.dry_run(
@@ -167,6 +182,8 @@ def status_rows(
     *, repo: Path, inventory: Sequence[str], now: datetime, cache_dir: Path, remote: str | None
 ) -> list[dict[str, str]]:
     """One row per rollout: where it stands on the checkout, what comes next, its open PR."""
+    from gitops_rollout import reconcile
+
     result = plan_only(
         repo=repo, inventory=inventory, metrics_file=None, now=now, cache_dir=cache_dir
     )

@@ -16,6 +16,7 @@ business (`gitops.hosts`); what the commits say is `gitops.pr_body`'s.
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -24,8 +25,10 @@ import pickle
 import random
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -342,6 +345,7 @@ class Workspace:
         self._git = git.Git()
         self._base_sha: str | None = None
         self._tree: GitTree | None = None
+        self._fetching: Future[str] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -430,8 +434,12 @@ class Workspace:
         self._run("config", "remote.origin.tagOpt", "--no-tags", git_dir=git_dir)
 
     def close(self) -> None:
-        """Stop the tree reader and release the cache lock (also released if the process
-        dies)."""
+        """Wait for a fetch begun in the background, stop the tree reader and release the
+        cache lock (also released if the process dies)."""
+        pending, self._fetching = self._fetching, None
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                pending.result()
         if self._tree is not None:
             self._tree.close()
             self._tree = None
@@ -460,8 +468,32 @@ class Workspace:
     def identity(self) -> Identity:
         return self._o.identity
 
+    def start_fetch(self) -> None:
+        """Begin `fetch` in the background, for a caller with other work to do first (a
+        one-shot pass imports its planning stages meanwhile): git fetches in its own process
+        while this one goes on, and the next `fetch` waits for it rather than fetching again."""
+        if self._fetching is not None:
+            return
+        future: Future[str] = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(self._fetch())
+            except BaseException as err:  # handed to whoever waits for it
+                future.set_exception(err)
+
+        self._fetching = future
+        threading.Thread(target=run, name="gitops-rollout-fetch", daemon=True).start()
+
     def fetch(self) -> str:
-        """Fetch the base branch and the bot's branches (pruning deleted ones); the base sha."""
+        """Fetch the base branch and the bot's branches (pruning deleted ones); the base sha.
+        A fetch begun with `start_fetch` is waited for instead."""
+        pending, self._fetching = self._fetching, None
+        if pending is not None:
+            return pending.result()
+        return self._fetch()
+
+    def _fetch(self) -> str:
         code, _, err = self._run_status("fetch", "--prune", "--quiet", "origin", network=True)
         sha = self._rev(f"refs/remotes/origin/{self._o.base}") if code == 0 else None
         if code != 0 and "couldn't find remote ref" not in err:

@@ -1,0 +1,83 @@
+"""A fetch begun in the background (`Workspace.start_fetch`): the pass's own `fetch` waits for it.
+
+The command line begins fetching as soon as it has opened the workspace and imports the
+planning stages meanwhile. What must hold: one git fetch, not two; the same answer as a fetch
+in the foreground; its failure reported by the `fetch` that waits for it; and the cache lock
+not released while git still writes.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gitops_helpers import Remote
+
+from gitops_rollout.errors import GitWriteError
+from gitops_rollout.gitops.repo import Workspace
+
+
+@pytest.fixture
+def fetches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The threads every git fetch ran in, from now on."""
+    seen: list[str] = []
+    real = Workspace._fetch
+
+    def counting(self: Workspace) -> str:
+        seen.append(threading.current_thread().name)
+        return real(self)
+
+    monkeypatch.setattr(Workspace, "_fetch", counting)
+    return seen
+
+
+def test_fetch_waits_for_the_fetch_begun_in_the_background(
+    remote: Remote, tmp_path: Path, fetches: list[str]
+) -> None:
+    moved = remote.commit({"docs/new.md": "hello\n"})
+    with Workspace.open(str(remote.path), cache_dir=tmp_path / "cache") as ws:
+        ws.start_fetch()
+        ws.start_fetch()  # already under way: not a second one
+        assert ws.fetch() == moved
+        assert fetches == ["gitops-rollout-fetch"], "one fetch, in the background"
+        assert ws.tree().read("docs/new.md") == b"hello\n"
+        # The next fetch is a fetch of its own again.
+        again = remote.commit({"docs/new.md": "again\n"})
+        assert ws.fetch() == again
+        assert fetches == ["gitops-rollout-fetch", threading.main_thread().name]
+
+
+def test_a_failed_background_fetch_is_raised_by_fetch(remote: Remote, tmp_path: Path) -> None:
+    with Workspace.open(str(remote.path), cache_dir=tmp_path / "cache", base="trunk") as ws:
+        ws.start_fetch()
+        with pytest.raises(GitWriteError, match="has no branch 'trunk'"):
+            ws.fetch()
+
+
+def test_close_waits_for_a_fetch_nobody_waited_for(
+    remote: Remote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started, release = threading.Event(), threading.Event()
+    finished: list[str] = []
+    real = Workspace._fetch
+
+    def slow(self: Workspace) -> Any:
+        started.set()
+        release.wait(10)
+        sha = real(self)
+        finished.append(sha)
+        return sha
+
+    monkeypatch.setattr(Workspace, "_fetch", slow)
+    ws = Workspace.open(str(remote.path), cache_dir=tmp_path / "cache")
+    ws.start_fetch()
+    assert started.wait(10)
+    closing = threading.Thread(target=ws.close)
+    closing.start()
+    closing.join(0.3)
+    assert closing.is_alive(), "the lock is held while git fetches"
+    release.set()
+    closing.join(10)
+    assert not closing.is_alive() and finished == [remote.sha("main")]
