@@ -6,11 +6,12 @@ import random
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gitops_helpers import BOT, SEED, T0, Clock, Remote
 
-from gitops_rollout.gitops.hosts.local import LocalHost
+from gitops_rollout.gitops.hosts.local import LocalHost, _Repo
 from gitops_rollout.gitops.repo import Workspace
 
 
@@ -48,3 +49,17 @@ def clock() -> Clock:
 @pytest.fixture
 def host(remote: Remote, clock: Clock) -> LocalHost:
     return LocalHost(remote.path, clock=clock)
+
+
+@pytest.fixture
+def git_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The git subcommands every LocalHost runs from now on."""
+    seen: list[str] = []
+    run = _Repo.run
+
+    def counting(self: _Repo, *args: str, **kwargs: Any) -> tuple[int, str, str]:
+        seen.append(args[0])
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(_Repo, "run", counting)
+    return seen

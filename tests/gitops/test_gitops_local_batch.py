@@ -23,7 +23,7 @@ from gitops_rollout.gitops.hosts.base import (
     merge_all,
     open_all,
 )
-from gitops_rollout.gitops.hosts.local import HOST_IDENTITY, LocalHost, _Repo
+from gitops_rollout.gitops.hosts.local import HOST_IDENTITY, LocalHost
 
 MODELS = ("wisdom", "iris", "scoring")
 
@@ -51,19 +51,6 @@ def push(remote: Remote, model: str, content: str = "spec: {w: 10}\n") -> str:
     return remote.commit(
         {routing_of(model): content}, branch=head_of(model), author=("gitops-rollout", "bot@x")
     )
-
-
-@pytest.fixture
-def git_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    seen: list[str] = []
-    run = _Repo.run
-
-    def counting(self: _Repo, *args: str, **kwargs: Any) -> tuple[int, str, str]:
-        seen.append(args[0])
-        return run(self, *args, **kwargs)
-
-    monkeypatch.setattr(_Repo, "run", counting)
-    return seen
 
 
 def test_the_local_host_batches_and_other_hosts_go_one_by_one(host: LocalHost) -> None:

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 from gitops_helpers import T0, Clock, Remote, git
@@ -21,7 +20,6 @@ from gitops_rollout.gitops.hosts.local import (
     PULLS_DIR,
     LocalHost,
     PullRecord,
-    _Repo,
 )
 
 ROUTING = "clusters/prod/ml/wisdom/rollout/routing.yaml"
@@ -298,20 +296,6 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return read(path)
 
     monkeypatch.setattr(LocalHost, "_read", staticmethod(counting))
-    return seen
-
-
-@pytest.fixture
-def git_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The git subcommands every LocalHost runs from now on."""
-    seen: list[str] = []
-    run = _Repo.run
-
-    def counting(self: _Repo, *args: str, **kwargs: Any) -> tuple[int, str, str]:
-        seen.append(args[0])
-        return run(self, *args, **kwargs)
-
-    monkeypatch.setattr(_Repo, "run", counting)
     return seen
 
 

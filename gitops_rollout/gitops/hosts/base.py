@@ -7,12 +7,15 @@ meaning, so the reconcile pass never knows which host it talks to. Branches are 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from gitops_rollout.errors import RolloutError
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 class PullState(StrEnum):
@@ -155,13 +158,7 @@ def open_all(host: GitHost, drafts: Sequence[PullRequestDraft]) -> list[PullRequ
     error stands in its place and does not stop the others."""
     if isinstance(host, BatchingHost):
         return host.open_many(drafts)
-    opened: list[PullRequest | RolloutError] = []
-    for draft in drafts:
-        try:
-            opened.append(host.open_or_update(draft))
-        except RolloutError as err:
-            opened.append(err)
-    return opened
+    return _each(drafts, host.open_or_update)
 
 
 def merge_all(host: GitHost, merges: Sequence[tuple[int, str]]) -> list[MergeResult | RolloutError]:
@@ -169,13 +166,7 @@ def merge_all(host: GitHost, merges: Sequence[tuple[int, str]]) -> list[MergeRes
     error stands in its place and does not stop the others."""
     if isinstance(host, BatchingHost):
         return host.merge_many(merges)
-    merged: list[MergeResult | RolloutError] = []
-    for number, message in merges:
-        try:
-            merged.append(host.merge(number, message=message))
-        except RolloutError as err:
-            merged.append(err)
-    return merged
+    return _each(merges, lambda merge: host.merge(merge[0], message=merge[1]))
 
 
 def mergeable_all(host: GitHost, numbers: Sequence[int]) -> list[bool | RolloutError | None]:
@@ -183,10 +174,15 @@ def mergeable_all(host: GitHost, numbers: Sequence[int]) -> list[bool | RolloutE
     stands in its place and does not stop the others."""
     if isinstance(host, BatchingHost):
         return host.mergeable_many(numbers)
-    answers: list[bool | RolloutError | None] = []
-    for number in numbers:
+    return _each(numbers, host.mergeable)
+
+
+def _each(items: Sequence[_T], ask: Callable[[_T], _R]) -> list[_R | RolloutError]:
+    """`ask` about each item in turn; an error stands in the item's place."""
+    answers: list[_R | RolloutError] = []
+    for item in items:
         try:
-            answers.append(host.mergeable(number))
+            answers.append(ask(item))
         except RolloutError as err:
             answers.append(err)
     return answers
