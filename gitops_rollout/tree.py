@@ -116,15 +116,18 @@ class GitTree:
     def __init__(self, git_dir: Path, rev: str, *, listings: Path | None = None) -> None:
         """`listings`: a folder where the file listing of `rev`, when it is a commit id, is
         kept for the next reader of the same commit (a commit's files never change; loading
-        the 40,000 entries of a 10,000-model repository takes a sixth of listing them)."""
+        the 40,000 entries of a 10,000-model repository takes a sixth of listing them). A
+        commit not kept yet is listed from the newest kept listing and the differences."""
         self.git_dir = git_dir
         self.rev = rev
         kept = listings / f"{rev}.listing" if listings is not None and _is_oid(rev) else None
         entries = _load_listing(kept, rev) if kept is not None else None
+        if entries is None and kept is not None:
+            entries = self._list_from_kept(kept.parent, rev)
         if entries is None:
             entries = self._list(rev)
-            if kept is not None:
-                _keep_listing(kept, rev, entries)
+        if kept is not None and not kept.exists():
+            _keep_listing(kept, rev, entries)
         self._entries: dict[str, str] = entries
         self._sorted = sorted(self._entries)
         self._proc: subprocess.Popen[bytes] | None = None
@@ -141,6 +144,31 @@ class GitTree:
             mode, kind, oid = meta.split(b" ")
             if kind == b"blob" and mode != b"120000":
                 entries[path.decode()] = oid.decode()
+        return entries
+
+    def _list_from_kept(self, folder: Path, rev: str) -> dict[str, str] | None:
+        """The listing of `rev` made from the newest kept listing of another commit and the
+        differences between the two (``git diff-tree``: as many entries as files changed);
+        None when there is none or git cannot compare them."""
+        newest = _newest_listing(folder)
+        if newest is None:
+            return None
+        older, entries = newest
+        try:
+            out = self._git("diff-tree", "-r", "-z", "--no-renames", older, rev)
+        except GitWriteError:
+            return None
+        fields = out.split(b"\0")
+        if len(fields) % 2 != 1:
+            return None
+        for meta, path in zip(fields[0:-1:2], fields[1::2], strict=True):
+            # ":<old mode> <new mode> <old id> <new id> <status>"
+            _, mode, _, oid, _ = meta.split(b" ")
+            name = path.decode()
+            if mode.startswith(b"10"):  # a regular file (100644, 100755); not a link or gitlink
+                entries[name] = oid.decode()
+            else:
+                entries.pop(name, None)
         return entries
 
     def _git(self, *args: str) -> bytes:
@@ -362,6 +390,19 @@ def _load_listing(path: Path, rev: str) -> dict[str, str] | None:
         return None
     entries = data[2]
     return entries if isinstance(entries, dict) else None
+
+
+def _newest_listing(folder: Path) -> tuple[str, dict[str, str]] | None:
+    """The most recently kept listing in `folder`: (its commit, its entries)."""
+    try:
+        kept = sorted(folder.glob("*.listing"), key=lambda p: p.stat().st_mtime_ns)
+    except OSError:
+        return None
+    for path in reversed(kept):
+        entries = _load_listing(path, path.stem)
+        if entries is not None:
+            return path.stem, entries
+    return None
 
 
 def _keep_listing(path: Path, rev: str, entries: dict[str, str]) -> None:
