@@ -430,8 +430,9 @@ class LocalHost:
         """`merge` for each (number, message) of `merges`, in order, as if one after another:
         each merge commit is made on top of the one before, and the base branch moves once,
         with one compare-and-swap, to the last. If the base moved meanwhile, the whole chain
-        is made again on the new base. One git process per pull request (its trial merge) and
-        one per commit, plus three for the batch, where one at a time took six each.
+        is made again on the new base. One git process per pull request (its trial merge; the
+        merge commits are written without git), plus three for the batch, where one at a time
+        took six each.
         """
         with self._locked():
             results: dict[int, MergeResult | RolloutError] = {}
