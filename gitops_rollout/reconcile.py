@@ -762,6 +762,16 @@ def _still_merges(host: GitHost, pulls: Sequence[PullRequest], report: PassRepor
     return fine
 
 
+@dataclass
+class _Opened:
+    """A proposal whose pull request this pass opened or updated, and what became of it."""
+
+    prop: _Proposal
+    pull: PullRequest
+    new: bool
+    outcome: str
+
+
 def _open_and_merge(
     pushed: Sequence[tuple[_Proposal, PullRequest | None, PushOutcome]],
     *,
@@ -773,8 +783,8 @@ def _open_and_merge(
     push, and how the push went), then merge those the policy lets the bot merge: each step
     one batch where the host offers batches."""
     opened_all = open_all(host, [prop.draft(prop.changes) for prop, _, _ in pushed])
-    done: list[tuple[_Proposal, PullRequest, bool, str]] = []
-    for (prop, pull, pushed_as), opened in zip(pushed, opened_all, strict=True):
+    done: list[_Opened] = []
+    for (prop, before, pushed_as), opened in zip(pushed, opened_all, strict=True):
         if isinstance(opened, RolloutError):
             report.error("host", f"pull request for {prop.branch}: {opened}")
             for d in prop.decisions:
@@ -782,38 +792,33 @@ def _open_and_merge(
             continue
         if touched is not None:
             touched(opened.number, [c.path for c in prop.changes])
-        new = pull is None or pull.number != opened.number
+        new = before is None or before.number != opened.number
         same = (
-            pull is not None
-            and _digest_of(pull) == prop.digest
+            before is not None
+            and _digest_of(before) == prop.digest
             and pushed_as is PushOutcome.UNCHANGED
         )
-        done.append((prop, opened, new, "opened" if new else ("unchanged" if same else "updated")))
-    to_merge = [i for i, (prop, _, _, _) in enumerate(done) if prop.auto_merge]
-    merged_all = merge_all(
-        host,
-        [
-            (done[i][1].number, f"{done[i][0].message.subject} (#{done[i][1].number})")
-            for i in to_merge
-        ],
-    )
-    for i, merged in zip(to_merge, merged_all, strict=True):
-        prop, opened, new, _ = done[i]
+        done.append(
+            _Opened(prop, opened, new, "opened" if new else ("unchanged" if same else "updated"))
+        )
+    merging = [o for o in done if o.prop.auto_merge]
+    merges = [(o.pull.number, f"{o.prop.message.subject} (#{o.pull.number})") for o in merging]
+    for o, merged in zip(merging, merge_all(host, merges), strict=True):
         if isinstance(merged, RolloutError):
-            report.error("host", f"merging #{opened.number}: {merged}")
+            report.error("host", f"merging #{o.pull.number}: {merged}")
         elif merged.merged:
-            done[i] = (prop, opened, new, "merged")
+            o.outcome = "merged"
         elif merged.queued:
             # The host merges it once its checks pass; the next pass sees the merge.
-            log.info("#%s merge queued on the host: %s", opened.number, merged.reason)
+            log.info("#%s merge queued on the host: %s", o.pull.number, merged.reason)
         elif merged.reason:
-            log.info("#%s not merged yet: %s", opened.number, merged.reason)
-            _note_unmerged(host, opened, merged.reason, prop.decisions, report)
-    for prop, opened, new, outcome in done:
-        if prop.holding and not new and outcome != "merged":
-            _note_hold(host, opened, prop.decisions, report)
-        for d in prop.decisions:
-            d.outcome, d.pr, d.pr_url = outcome, opened.number, opened.url
+            log.info("#%s not merged yet: %s", o.pull.number, merged.reason)
+            _note_unmerged(host, o.pull, merged.reason, o.prop.decisions, report)
+    for o in done:
+        if o.prop.holding and not o.new and o.outcome != "merged":
+            _note_hold(host, o.pull, o.prop.decisions, report)
+        for d in o.prop.decisions:
+            d.outcome, d.pr, d.pr_url = o.outcome, o.pull.number, o.pull.url
 
 
 def _collector_paused(pass_: Callable[_P, _R]) -> Callable[_P, _R]:
