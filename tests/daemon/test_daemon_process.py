@@ -262,6 +262,11 @@ def worlds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Wo
         b.close()
 
 
+def _state_of(world: World, title: str) -> PullState | None:
+    pull = world.pull(title)
+    return pull.state if pull is not None else None
+
+
 def _final(world: World) -> bool:
     """The promotion PR is open (a human merges it) and the passes after it changed nothing."""
     promote = world.pull(PROMOTE)
@@ -309,11 +314,14 @@ def test_daemon_survives_sigterm_mid_pass_and_ends_like_an_uninterrupted_run(
     for world in (a, b):
         world.api.put(model("wisdom-1", "v1", ready=True))
     for world in (a, b):
+        # The bot opens the step's pull request, then merges it (the policy lets it): another
+        # process can see it open in between, so wait for the merge.
         wait_for(
-            f"{world.name}: {STEP_1}", lambda w=world: w.pull(STEP_1) is not None, 12, world.log
+            f"{world.name}: {STEP_1} merged",
+            lambda w=world: _state_of(w, STEP_1) is PullState.MERGED,
+            12,
+            world.log,
         )
-        step = world.pull(STEP_1)
-        assert step is not None and step.state is PullState.MERGED
 
     # A's Argo CD has not applied step 1 yet: the step's clock has not started, A holds.
     a_passes = a.passes()
