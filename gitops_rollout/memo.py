@@ -131,7 +131,8 @@ class PassMemo:
         self._stored_paths: dict[int, tuple[str, ...]] = stored.get("merge_paths", {})
         self._open = open_heads
         self._only = only
-        self._hits: dict[str, _File] = {}
+        self._hits: dict[str, tuple[Any, ...]] = {}
+        """The entries this pass took, as stored (`_File` fields)."""
         self._planned: list[Any] | None = None
         self._world: str | None = None
         self._world_of: int | None = None
@@ -217,20 +218,20 @@ class PassMemo:
         raw = self._files.get(path)
         if raw is None or raw[0] != blob or self._open is None:
             return None
-        entry = _File(raw[0], tuple(_Doc(*doc) for doc in raw[1]))
-        summaries = [PolicySummary(*doc.summary) for doc in entry.docs]
+        docs = [_Doc._make(doc) for doc in raw[1]]
+        summaries = [PolicySummary(*doc.summary) for doc in docs]
         if self._only is not None and any(s.name not in self._only for s in summaries):
             return None
         # Nothing moved since the pass that remembered the entries (same commit, inventory,
         # code): every entry holds, and only pull requests need a look.
         unmoved = self._stored_world is not None and self._world_now(facts) == self._stored_world
-        for doc, s in zip(entry.docs, summaries, strict=True):
+        for doc, s in zip(docs, summaries, strict=True):
             keys = [RolloutKey(c, s.routing_namespace, s.model) for c in s.clusters]
             if any(k.branch(BRANCH_PREFIX) in self._open for k in keys):
                 return None
             if not unmoved and self._inputs(s, facts) != doc.inputs:
                 return None
-        self._hits[path] = entry
+        self._hits[path] = raw
         return summaries
 
     def _inputs(self, s: PolicySummary, facts: Facts) -> str:
@@ -317,8 +318,8 @@ class PassMemo:
             loaded = t.situation.loaded
             names = [c.name for c in loaded.policy.spec.clusters]
             ranked.append(((0, loaded.file, loaded.line, names.index(t.situation.cluster)), d))
-        for entry in self._hits.values():
-            for doc in entry.docs:
+        for raw in self._hits.values():
+            for doc in map(_Doc._make, raw[1]):
                 _, _, _, _, file, line = doc.summary
                 for i, values in enumerate(doc.decisions):
                     fields = dict(zip(self._fields, values, strict=True))
@@ -348,7 +349,7 @@ class PassMemo:
         planned_files = {
             p.transition.situation.loaded.file for p, _ in self._planned if p.transition
         }
-        files: dict[str, tuple[Any, ...]] = {p: _plain(e) for p, e in self._hits.items()}
+        files: dict[str, tuple[Any, ...]] = dict(self._hits)
         if self._only is not None:
             # A pass over some policies: the others' entries stay, checked when they are used.
             for path, raw in self._files.items():
