@@ -31,6 +31,24 @@ def git(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = Non
     return out.stdout.decode()
 
 
+def identity_env(
+    when: datetime,
+    author: tuple[str, str] = ("A", "a@x"),
+    committer: tuple[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment git reads a commit's author, committer and their date from."""
+    (name, email), (cname, cemail) = author, committer or author
+    date = f"{int(when.timestamp())} +0000"
+    return {
+        "GIT_AUTHOR_NAME": name,
+        "GIT_AUTHOR_EMAIL": email,
+        "GIT_AUTHOR_DATE": date,
+        "GIT_COMMITTER_NAME": cname,
+        "GIT_COMMITTER_EMAIL": cemail,
+        "GIT_COMMITTER_DATE": date,
+    }
+
+
 class Clock:
     """A settable clock, like the demo's simulated one."""
 
@@ -82,17 +100,7 @@ class Remote:
             full.parent.mkdir(parents=True, exist_ok=True)
             full.write_bytes(content.encode() if isinstance(content, str) else content)
         git("add", "-A", cwd=self.work)
-        name, email = author
-        cname, cemail = committer or author
-        date = f"{int(when.timestamp())} +0000"
-        env = {
-            "GIT_AUTHOR_NAME": name,
-            "GIT_AUTHOR_EMAIL": email,
-            "GIT_AUTHOR_DATE": date,
-            "GIT_COMMITTER_NAME": cname,
-            "GIT_COMMITTER_EMAIL": cemail,
-            "GIT_COMMITTER_DATE": date,
-        }
+        env = identity_env(when, author, committer)
         extra = ["--amend", "--no-edit"] if amend else ["-m", message]
         git("commit", "--quiet", "--allow-empty", *extra, cwd=self.work, env=env)
         git("push", "--quiet", "--force", "origin", f"HEAD:refs/heads/{branch}", cwd=self.work)

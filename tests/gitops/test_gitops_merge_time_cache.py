@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from gitops_helpers import BOT, T0, Remote, git
+from gitops_helpers import BOT, T0, Remote, git, identity_env
 
 from gitops_rollout.gitops import repo
 from gitops_rollout.gitops.repo import Workspace
@@ -116,15 +116,7 @@ class Logs:
 def merge(remote: Remote, branch: str, when: datetime, *, into: str = "main") -> str:
     """Merge origin/`branch` into `into` with a merge commit (first parent: `into`), push."""
     work = remote.work
-    date = f"{int(when.timestamp())} +0000"
-    env = {
-        "GIT_COMMITTER_DATE": date,
-        "GIT_AUTHOR_DATE": date,
-        "GIT_AUTHOR_NAME": "A",
-        "GIT_AUTHOR_EMAIL": "a@x",
-        "GIT_COMMITTER_NAME": "A",
-        "GIT_COMMITTER_EMAIL": "a@x",
-    }
+    env = identity_env(when)
     git("fetch", "--quiet", "origin", cwd=work)
     git("checkout", "--quiet", "-B", into, f"origin/{into}", cwd=work)
     git(

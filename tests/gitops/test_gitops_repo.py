@@ -8,7 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from gitops_helpers import BOT, T0, Remote, git
+from gitops_helpers import BOT, T0, Remote, git, identity_env
 
 from gitops_rollout.errors import GitWriteError
 from gitops_rollout.gitops.changeset import ChangeSet
@@ -380,7 +380,6 @@ def test_merge_time_of_many_paths_in_one_pass(workspace: Workspace, remote: Remo
     remote.commit({"clusters/prod/ml/side/rollout/routing.yaml": "w: 1\n"}, branch="side", when=T0)
     remote.commit({"clusters/prod/ml/m0/v1.yaml": "x\n"}, when=T0 + timedelta(hours=2))
     merge_at = T0 + timedelta(hours=3)
-    date = f"{int(merge_at.timestamp())} +0000"
     work = remote.work
     git("checkout", "--quiet", "main", cwd=work)
     git("reset", "--quiet", "--hard", "origin/main", cwd=work)
@@ -392,14 +391,7 @@ def test_merge_time_of_many_paths_in_one_pass(workspace: Workspace, remote: Remo
         "merge side",
         "origin/side",
         cwd=work,
-        env={
-            "GIT_COMMITTER_DATE": date,
-            "GIT_AUTHOR_DATE": date,
-            "GIT_AUTHOR_NAME": "A",
-            "GIT_AUTHOR_EMAIL": "a@x",
-            "GIT_COMMITTER_NAME": "A",
-            "GIT_COMMITTER_EMAIL": "a@x",
-        },
+        env=identity_env(merge_at),
     )
     git("push", "--quiet", "origin", "main", cwd=work)
     expected["clusters/prod/ml/side/rollout/routing.yaml"] = merge_at
