@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gitops_helpers import Remote
+from gitops_helpers import T0, Remote
 
+from gitops_rollout.composition import pass_context
 from gitops_rollout.errors import GitWriteError
 from gitops_rollout.gitops.repo import Workspace
+from gitops_rollout.settings import GitSettings, HostSettings, Settings
 
 
 @pytest.fixture
@@ -81,3 +83,15 @@ def test_close_waits_for_a_fetch_nobody_waited_for(
     release.set()
     closing.join(10)
     assert not closing.is_alive() and finished == [remote.sha("main")]
+
+
+def test_a_pass_context_begins_fetching_before_the_pass_asks(
+    remote: Remote, tmp_path: Path, fetches: list[str]
+) -> None:
+    settings = Settings(
+        git=GitSettings(remote=str(remote.path), cache_dir=tmp_path / "cache"),
+        host=HostSettings(kind="local"),
+    )
+    with pass_context(settings, inventory=[], metrics_file=None, prometheus=None, now=T0) as ctx:
+        assert ctx.workspace.fetch() == remote.sha("main")
+    assert fetches == ["gitops-rollout-fetch"], "begun by pass_context, in the background"
