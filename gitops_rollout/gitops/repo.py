@@ -8,9 +8,10 @@ commits over a 20,000-file tree). Each rollout has one bot branch,
 force-pushed with a lease on the sha we last fetched; all of a pass's branches go in one push.
 A branch someone else committed to is never overwritten.
 
-Everything the pass needs to remember survives a restart: it is in the remote, or in refs of the
-cache (``refs/gitops-rollout/{pending,pushed}/<branch>``). Pull requests are the hosts'
-business (`gitops.hosts`); what the commits say is `gitops.pr_body`'s.
+Everything the pass needs to remember survives a restart: it is in the remote, or in the cache
+(refs ``refs/gitops-rollout/pushed/<branch>``, and a file naming the commits of a push under
+way). Pull requests are the hosts' business (`gitops.hosts`); what the commits say is
+`gitops.pr_body`'s.
 """
 
 from __future__ import annotations
@@ -19,17 +20,18 @@ import base64
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import pickle
 import random
 import re
+import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -50,7 +52,13 @@ BRANCH_PREFIX = "gitops-rollout/"
 """Every bot branch starts with this; nothing else on the remote is pushed by the bot."""
 
 _LOCAL = "refs/gitops-rollout/"
-"""Cache-only refs: pending/<branch> (about to push) and pushed/<branch> (pushed by us)."""
+"""Cache-only refs: pushed/<branch> (pushed by us)."""
+
+_PENDING = "gitops-rollout-pending"
+"""Inside the cache clone: {branch: sha} of a push under way (about to push, not yet recorded)."""
+
+_PUSH_VIEW = "gitops-rollout-push.git"
+"""Inside the cache clone: the ref-less repository pushes go from (`Workspace._push_view`)."""
 
 _SCRATCH = _LOCAL + "scratch"
 """The one ref fast-import builds on; commits are known by their marks (10,000 refs cost 1 s)."""
@@ -68,6 +76,9 @@ _MERGE_TIMES_KEPT = 200_000
 
 _PUSH_CHUNK = 500
 """Leased (moved) branches per ``git push``: git's lease check costs remote refs x leases."""
+
+_NEW_CHUNK = 2000
+"""New branches per ``git push``: about 100 bytes of command line each."""
 
 _RETRYABLE = re.compile(
     r"stale info|fetch first|non-fast-forward|cannot lock ref|incorrect old value|"
@@ -708,16 +719,12 @@ class Workspace:
         return found
 
     def _records(self) -> dict[str, set[str]]:
-        out = self._run(
-            "for-each-ref",
-            "--format=%(objectname) %(refname)",
-            f"{_LOCAL}pushed/",
-            f"{_LOCAL}pending/",
-        )
+        out = self._run("for-each-ref", "--format=%(objectname) %(refname)", f"{_LOCAL}pushed/")
         records: dict[str, set[str]] = {}
         for line in out.decode().splitlines():
             sha, _, ref = line.partition(" ")
-            branch = ref.removeprefix(_LOCAL).split("/", 1)[1]
+            records.setdefault(ref.removeprefix(f"{_LOCAL}pushed/"), set()).add(sha)
+        for branch, sha in self._pending().items():
             records.setdefault(branch, set()).add(sha)
         return records
 
@@ -864,66 +871,108 @@ class Workspace:
     def _push_refs(self, built: Sequence[BuiltCommit]) -> list[tuple[bool, str]]:
         """Push `built` (chunked) and return (accepted, git's words) per commit."""
         heads = self.remote_heads()
-        self._update_refs([(f"{_LOCAL}pending/{b.branch}", b.sha) for b in built])
-        # Branches new to the remote are created by a plain (non-forced) pattern refspec: if
-        # one appeared meanwhile the push is rejected, just as a lease on "absent" would be.
-        # Existing branches are force-moved, each leased on the sha we last fetched. git
-        # compares every remote ref with every lease, so leases go in bounded chunks.
+        self._note_pending({b.branch: b.sha for b in built})
+        # Each commit goes by its sha to its full branch name. A branch new to the remote is
+        # not forced: if one appeared meanwhile the push is rejected, just as a lease on
+        # "absent" would be. An existing branch is force-moved, leased on the sha we last
+        # fetched. git compares every remote ref with every lease, so leases go in bounded
+        # chunks; new branches only cost the command line.
         moves = [b for b in built if b.branch in heads]
         news = [b for b in built if b.branch not in heads]
-        chunks = [moves[i : i + _PUSH_CHUNK] for i in range(0, len(moves), _PUSH_CHUNK)] or [[]]
+        move_chunks = [moves[i : i + _PUSH_CHUNK] for i in range(0, len(moves), _PUSH_CHUNK)]
+        new_chunks = [news[i : i + _NEW_CHUNK] for i in range(0, len(news), _NEW_CHUNK)]
         status: dict[str, tuple[bool, str]] = {}
-        with self._push_view() as view:
-            for n, chunk in enumerate(chunks):
-                batch = (news if n == 0 else []) + chunk
-                self._update_refs(
-                    [(f"refs/p{n}/new/{b.branch}", b.sha) for b in (news if n == 0 else [])]
-                    + [(f"refs/p{n}/move/{b.branch}", b.sha) for b in chunk],
-                    git_dir=view,
-                )
-                args = ["push", "--porcelain", self.remote]
-                args += [
-                    f"--force-with-lease=refs/heads/{b.branch}:{heads[b.branch]}" for b in chunk
-                ]
-                if n == 0 and news:
-                    args.append(f"refs/p{n}/new/*:refs/heads/*")
-                if chunk:
-                    args.append(f"refs/p{n}/move/*:refs/heads/*")
-                code, out, err = self._run_status(*args, network=True, git_dir=view)
-                parsed = _parse_porcelain(out.decode(errors="replace"))
-                for b in batch:
-                    ref = f"refs/heads/{b.branch}"
-                    if ref in parsed:
-                        status[b.branch] = parsed[ref]
-                    elif code != 0:
-                        raise GitWriteError(f"git push to {self.remote} failed: {_redact(err)}")
-                    else:
-                        status[b.branch] = (False, "git push did not report this branch")
+        view = self._push_view()
+        for n in range(max(len(move_chunks), len(new_chunks))):
+            chunk = move_chunks[n] if n < len(move_chunks) else []
+            batch = (new_chunks[n] if n < len(new_chunks) else []) + chunk
+            args = ["push", "--porcelain", self.remote]
+            args += [f"--force-with-lease=refs/heads/{b.branch}:{heads[b.branch]}" for b in chunk]
+            args += [f"{b.sha}:refs/heads/{b.branch}" for b in batch]
+            code, out, err = self._run_status(*args, network=True, git_dir=view)
+            parsed = _parse_porcelain(out.decode(errors="replace"))
+            for b in batch:
+                ref = f"refs/heads/{b.branch}"
+                if ref in parsed:
+                    status[b.branch] = parsed[ref]
+                elif code != 0:
+                    raise GitWriteError(f"git push to {self.remote} failed: {_redact(err)}")
+                else:
+                    status[b.branch] = (False, "git push did not report this branch")
         done = [b for b in built if status[b.branch][0]]
         # The remote-tracking ref is what the next lease expects; "pushed" is what we own.
         self._update_refs(
             [(f"refs/remotes/origin/{b.branch}", b.sha) for b in done]
             + [(f"{_LOCAL}pushed/{b.branch}", b.sha) for b in done]
-            + [(f"{_LOCAL}pending/{b.branch}", None) for b in built]
         )
+        self._drop_pending({b.branch for b in built})
         pushed = len(done)
         log.info("pushed %d of %d bot branch(es) to %s", pushed, len(built), self.remote)
         return [status[b.branch] for b in built]
 
-    @contextmanager
-    def _push_view(self) -> Iterator[Path]:
-        """A ref-less repository borrowing the cache's objects, to push from.
+    def _push_view(self) -> Path:
+        """A repository with no refs, borrowing the cache's objects, to push from (kept in
+        the cache clone for the next push).
 
         git matches every explicit push refspec against every local ref with a handful of
         sprintf'd rules; with the cache's tens of thousands of refs a 500-branch push took 11 s.
-        Here the only refs are the ones being pushed, matched by two pattern refspecs.
+        Here there is no local ref to match: every refspec names its commit by sha.
         """
-        with tempfile.TemporaryDirectory(prefix=".push-", dir=self.git_dir.parent) as tmp:
-            view = Path(tmp) / "view.git"
-            self._git.execute(["git", "init", "--bare", "--quiet", str(view)])
-            alternates = view / "objects" / "info" / "alternates"
-            alternates.write_text(str((self.git_dir / "objects").resolve()) + "\n")
-            yield view
+        view = self.git_dir / _PUSH_VIEW
+        alternates = view / "objects" / "info" / "alternates"
+        borrowed = str((self.git_dir / "objects").resolve()) + "\n"
+        try:
+            if alternates.read_text() == borrowed:
+                return view
+        except OSError:
+            pass
+        shutil.rmtree(view, ignore_errors=True)
+        self._git.execute(["git", "init", "--bare", "--quiet", str(view)])
+        alternates.write_text(borrowed)
+        return view
+
+    def _pending(self) -> dict[str, str]:
+        """{branch: sha} this cache was about to push when a push did not finish."""
+        try:
+            data = json.loads((self.git_dir / _PENDING).read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as err:
+            raise GitWriteError(
+                f"{self.git_dir / _PENDING} cannot be read ({err}); it records pushes that "
+                "may not have finished: delete the cache directory to start afresh"
+            ) from err
+        if not isinstance(data, dict):
+            raise GitWriteError(
+                f"{self.git_dir / _PENDING} is not a JSON object; delete the cache directory "
+                "to start afresh"
+            )
+        return {str(k): str(v) for k, v in data.items()}
+
+    def _note_pending(self, shas: Mapping[str, str]) -> None:
+        """Record, before pushing, that `shas` are ours: should the process die before the
+        push is recorded, the next pass does not take them for a human's commits. One file
+        (replaced atomically), not one ref per branch: a ref costs git about 1 ms to write."""
+        self._write_pending({**self._pending(), **shas})
+
+    def _drop_pending(self, branches: set[str]) -> None:
+        pending = self._pending()
+        kept = {b: sha for b, sha in pending.items() if b not in branches}
+        if kept != pending:
+            self._write_pending(kept)
+
+    def _write_pending(self, shas: Mapping[str, str]) -> None:
+        path = self.git_dir / _PENDING
+        if not shas:
+            path.unlink(missing_ok=True)
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(dict(shas), sort_keys=True))
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise GitWriteError(f"could not record the branches about to be pushed: {err}") from err
 
     # -- history -----------------------------------------------------------------------------
 

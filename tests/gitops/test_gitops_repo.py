@@ -365,6 +365,40 @@ def test_merged_bot_branch_is_not_a_human_edit(workspace: Workspace, remote: Rem
     assert workspace.human_edits() == {}
 
 
+def test_a_push_that_died_before_it_was_recorded_is_still_ours(
+    workspace: Workspace, remote: Remote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The branch was pushed before (we hold a record of it), then pushed again by a process
+    that died right after git pushed: the new head is the bot's, not a human's."""
+    workspace.publish([request(workspace, step(10))], now=T0)
+
+    def die(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # the process dies after the push, before recording it
+
+    monkeypatch.setattr(workspace, "_update_refs", die)
+    with pytest.raises(KeyboardInterrupt):
+        workspace.publish([request(workspace, step(25))], now=T0 + timedelta(minutes=5))
+    monkeypatch.undo()
+    assert b"w: 25" in remote.show(BRANCH, ROUTING)
+    workspace.fetch()
+    assert workspace.human_edits() == {}
+    # The next push records it for good and forgets what was pending.
+    [result] = workspace.publish([request(workspace, step(50))], now=T0 + timedelta(minutes=9))
+    assert result.outcome is PushOutcome.PUSHED
+    assert not list(workspace.git_dir.glob("gitops-rollout-pending*"))
+    assert workspace.human_edits() == {}
+
+
+def test_pushes_leave_no_refs_behind_but_the_records(workspace: Workspace) -> None:
+    workspace.publish([request(workspace, step(10))], now=T0)
+    workspace.publish([request(workspace, step(25))], now=T0 + timedelta(minutes=5))
+    refs = git("--git-dir", str(workspace.git_dir), "for-each-ref", "--format=%(refname)")
+    mine = sorted(r for r in refs.split() if r.startswith("refs/gitops-rollout/"))
+    assert mine == [f"refs/gitops-rollout/pushed/{BRANCH}", "refs/gitops-rollout/scratch"]
+    view = next(workspace.git_dir.glob("gitops-rollout-push*"))
+    assert git("--git-dir", str(view), "for-each-ref") == ""
+
+
 # -- history -----------------------------------------------------------------------------------
 
 
