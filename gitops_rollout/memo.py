@@ -57,7 +57,7 @@ from gitops_rollout.gitops.hosts.base import (
     mergeable_all,
 )
 from gitops_rollout.gitops.repo import BRANCH_PREFIX
-from gitops_rollout.inventory.manifests import ManifestCache
+from gitops_rollout.inventory.manifests import ManifestCache, version_key
 from gitops_rollout.planning import Planned, RolloutKey
 from gitops_rollout.repository import Facts, PolicySummary
 from gitops_rollout.state import Phase
@@ -66,7 +66,7 @@ from gitops_rollout.tree import Tree
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
 """Bumped when the file's layout changes."""
 
 STILL = (Phase.IDLE, Phase.ROLLED_BACK, Phase.PAUSED)
@@ -136,6 +136,7 @@ class PassMemo:
         self._planned: list[Any] | None = None
         self._world: str | None = None
         self._world_of: int | None = None
+        self._key_of: tuple[int, str] | None = None
         self._listed: _ListedOnce | None = None
         self._manifest_keys = set(caches.manifests.entries)
         self._policy_keys = set(stored.get("policies", {}))
@@ -236,28 +237,29 @@ class PassMemo:
 
     def _inputs(self, s: PolicySummary, facts: Facts) -> str:
         """Digest of everything the policy's decisions are made from, besides its file."""
-        digest = hashlib.sha256(self._pass_key(facts).encode())
-        digest.update(repr((s.name, s.model, s.clusters, s.routing_namespace, s.line)).encode())
-        inventory = facts.inventory
+        tree, inventory = facts.tree, facts.inventory
+        parts: list[object] = [self._pass_key(facts), s.name, s.model, s.clusters]
+        parts += [s.routing_namespace, s.line]
         for cluster in s.clusters:
             folder = RolloutKey(cluster, s.routing_namespace, s.model).folder
-            files = [(p, facts.tree.blob_id(p)) for p in facts.tree.paths(folder)]
-            digest.update(
-                repr(
-                    (
-                        cluster,
-                        inventory.unreachable.get(cluster),
-                        facts.broken.get(cluster, []),
-                        inventory.versions(cluster, s.model),
-                        files,
-                    )
-                ).encode()
+            versions = inventory.versions(cluster, s.model)
+            parts.append(
+                (
+                    cluster,
+                    inventory.unreachable.get(cluster),
+                    facts.broken.get(cluster, []),
+                    [version_key(v, tree.blob_id(v.file)) for v in versions],
+                    [(p, tree.blob_id(p)) for p in tree.paths(folder)],
+                )
             )
-        return digest.hexdigest()
+        return hashlib.sha256(repr(parts).encode()).hexdigest()
 
-    @staticmethod
-    def _pass_key(facts: Facts) -> str:
-        return f"{FORMAT}:{_code()}:{','.join(sorted(facts.inventory.clusters))}"
+    def _pass_key(self, facts: Facts) -> str:
+        """The memo's format, the code and the set of clusters (once per inventory)."""
+        if self._key_of is None or self._key_of[0] != id(facts.inventory):
+            clusters = ",".join(sorted(facts.inventory.clusters))
+            self._key_of = (id(facts.inventory), f"{FORMAT}:{_code()}:{clusters}")
+        return self._key_of[1]
 
     def _world_now(self, facts: Facts) -> str | None:
         """A digest of every input of every rollout this pass: the commit (policies, manifests,

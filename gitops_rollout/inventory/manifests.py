@@ -367,6 +367,32 @@ def _attach_services(
     return version
 
 
+def version_key(version: ModelVersion, blob: str) -> tuple[object, ...]:
+    """A value that tells `version` from any other version `scan` could give, where `blob` is
+    the blob id of `version.file` in the scanned tree. Cheaper than the dataclass's repr, and
+    the memo takes one per version and pass.
+
+    Everything `_parse_file` sets follows from the file's path and content (the key of the
+    parse cache too); the document and predictor say which of the file's versions it is.
+    After parsing, `scan` sets only the Services and `with_status` the status: a new field
+    set after parsing belongs here as well.
+    """
+    status = version.status
+    return (
+        version.file,
+        blob,
+        version.doc_index,
+        version.ref.kind,
+        version.ref.name,
+        version.predictor,
+        tuple((port.name, port.port) for port in version.services),
+        version.service_name,
+        status.readiness.value,
+        status.reason,
+        status.version,
+    )
+
+
 def with_status(inventory: Inventory, statuses: Mapping[tuple[str, ObjectRef], Status]) -> None:
     """Attach readiness to every version in place; `statuses` is keyed by (cluster, ref).
 

@@ -257,6 +257,20 @@ def test_memoised_passes_decide_like_full_passes(world: Any, sides: list[Side]) 
     both(sides, world)
     both(sides, world)
 
+    # A Deployment's Service changes port, from a file of its own: the Deployment's file is
+    # unchanged, yet its routing is not.
+    served = next(m for m in idle[9:] if m.target == "deployment")
+
+    def new_port(root: Path) -> None:
+        folder = root / "clusters" / served.clusters[0] / served.namespace / served.name
+        text = (folder / f"{served.name}-v1.yaml").read_text()
+        service = "apiVersion: v1\nkind: Service\n" + text.split("kind: Service\n", 1)[1]
+        (folder / "aaa-service.yaml").write_text(service.replace("8080", "9090"))
+
+    on_both(sides, "serve on another port", new_port)
+    both(sides, world)
+    both(sides, world)
+
     # A cluster cannot be reached; then it can again.
     both(sides, world, unreachable={world.clusters[1]: "connection refused"})
     both(sides, world, unreachable={world.clusters[1]: "connection refused"})
