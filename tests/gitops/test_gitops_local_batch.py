@@ -6,14 +6,17 @@ another mean (the reconcile pass uses them through `hosts.base.open_all` / `merg
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
+import time
 from typing import Any
 
 import pytest
 from gitops_helpers import Clock, Remote, git
 
-from gitops_rollout.errors import HostError
+from gitops_rollout.errors import HostError, RolloutError
+from gitops_rollout.gitops.hosts import local
 from gitops_rollout.gitops.hosts.base import (
     BatchingHost,
     MergeResult,
@@ -290,3 +293,76 @@ def test_mergeable_many_asks_git_once_per_batch_and_once_per_open_pull_request(
     assert isinstance(answers[3], HostError) and "no pull request #99" in str(answers[3])
     assert sorted(git_calls) == sorted(["cat-file", "for-each-ref", "merge-tree", "merge-tree"])
     assert [host.mergeable(n) for n in (wisdom, iris, scoring)] == [True, False, None]
+
+
+MANY = (*MODELS, "churn", "forecast")
+
+
+def open_all_of(host: LocalHost, remote: Remote, models: tuple[str, ...]) -> list[int]:
+    for m in models:
+        push(remote, m)
+    return [
+        p.number for p in host.open_many([draft(m) for m in models]) if isinstance(p, PullRequest)
+    ]
+
+
+def test_mergeable_many_answers_as_mergeable_does_one_at_a_time(
+    host: LocalHost, remote: Remote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local, "TRIAL_MERGES_AT_ONCE", 4)
+    wisdom, iris, scoring, churn, forecast = open_all_of(host, remote, MANY)
+    host.close(scoring, comment="no")
+    remote.commit({routing_of("iris"): "spec: {w: 99} # hand edit\n"})  # iris conflicts now
+    numbers = [wisdom, iris, scoring, 99, churn, wisdom, forecast]
+
+    answers = host.mergeable_many(numbers)
+
+    def one(number: int) -> bool | str | None:
+        try:
+            return host.mergeable(number)
+        except HostError as err:
+            return f"HostError: {err}"
+
+    def shown(answer: bool | RolloutError | None) -> bool | str | None:
+        return f"{type(answer).__name__}: {answer}" if isinstance(answer, Exception) else answer
+
+    assert [shown(a) for a in answers] == [one(n) for n in numbers]
+    assert [shown(a) for a in answers] == [
+        True,
+        False,
+        None,
+        f"HostError: no pull request #99 in {remote.path}",
+        True,
+        True,
+        True,
+    ]
+
+
+def test_mergeable_many_runs_its_trial_merges_at_once_each_error_in_its_place(
+    host: LocalHost, remote: Remote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    numbers = open_all_of(host, remote, MANY)
+    broken = host.show(numbers[1]).head_sha
+    events: list[str] = []
+    trial_merge = LocalHost._trial_merge
+
+    def slow(self: LocalHost, base: str, head: str) -> tuple[str, list[str] | None]:
+        events.append("start")
+        try:
+            time.sleep(0.05)  # long enough for the other threads to start theirs meanwhile
+            if head == broken:
+                raise HostError("git merge-tree failed: bad object")
+            return trial_merge(self, base, head)
+        finally:
+            events.append("end")
+
+    monkeypatch.setattr(LocalHost, "_trial_merge", slow)
+    monkeypatch.setattr(local, "TRIAL_MERGES_AT_ONCE", 2)
+
+    answers = host.mergeable_many(numbers)
+
+    assert answers[0] is True and answers[2:] == [True, True, True]
+    assert isinstance(answers[1], HostError) and "bad object" in str(answers[1])
+    running = list(itertools.accumulate(1 if e == "start" else -1 for e in events))
+    assert len(events) == 2 * len(MANY)
+    assert max(running) == 2  # two at once, never more than allowed

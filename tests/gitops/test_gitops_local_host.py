@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -12,8 +14,8 @@ import pytest
 from gitops_helpers import T0, Clock, Remote, git
 
 from gitops_rollout.errors import HostError
-from gitops_rollout.gitops.hosts import HOSTS, HostConfig, UnknownHostError, make_host
-from gitops_rollout.gitops.hosts.base import PullRequestDraft, PullState
+from gitops_rollout.gitops.hosts import HOSTS, HostConfig, UnknownHostError, local, make_host
+from gitops_rollout.gitops.hosts.base import PullRequest, PullRequestDraft, PullState
 from gitops_rollout.gitops.hosts.local import (
     INDEX_DIR,
     INDEX_MARK,
@@ -477,3 +479,32 @@ def test_a_crash_while_opening_loses_nothing_and_opens_nothing_twice(
         number,
         1,
     ]
+
+
+def test_records_are_replaced_whole_and_leave_no_temp_files(
+    host: LocalHost, remote: Remote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    heads = [f"gitops-rollout/prod/ml/{name}" for name in ("a", "b", "c")]
+    for head in heads:
+        bot_branch(remote, head=head)
+    opened = host.open_many([draft(head) for head in heads])
+    numbers = [p.number for p in opened if isinstance(p, PullRequest)]
+    assert len(numbers) == len(heads)
+    first = remote.path / PULLS_DIR / f"{numbers[0]}.json"
+    inode = first.stat().st_ino
+    # A temp file a dead process with our pid left where the next one would go is stepped over.
+    monkeypatch.setattr(local, "_temp_names", itertools.count())
+    stale = first.with_name(f".{first.name}.{os.getpid()}.0.tmp")
+    stale.write_text("left by a dead process")
+
+    host.merge_many([(n, f"merge #{n}") for n in numbers])
+
+    # Renamed over, not rewritten in place: a reader sees the old record or the new, whole.
+    assert first.stat().st_ino != inode
+    for n in numbers:
+        path = remote.path / PULLS_DIR / f"{n}.json"
+        assert PullRecord.from_json(json.loads(path.read_text())) == host.show(n)
+        assert host.show(n).state is PullState.MERGED
+    assert stale.read_text() == "left by a dead process"
+    stale.unlink()
+    assert [p.name for p in (remote.path / "gitops-rollout").rglob("*.tmp")] == []

@@ -8,6 +8,7 @@ meaning, so the reconcile pass never knows which host it talks to. Branches are 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, TypeVar, runtime_checkable
@@ -186,3 +187,16 @@ def _each(items: Sequence[_T], ask: Callable[[_T], _R]) -> list[_R | RolloutErro
         except RolloutError as err:
             answers.append(err)
     return answers
+
+
+def each_at_once(
+    items: Sequence[_T], ask: Callable[[_T], _R], *, at_once: int
+) -> list[_R | RolloutError]:
+    """`_each` with up to `at_once` items asked at the same time, on threads: for questions
+    that mostly wait for a git process (a wait that releases the GIL). Answers come in the
+    order of `items`, an error in its item's place."""
+    if at_once < 2 or len(items) < 2:
+        return _each(items, ask)
+    with ThreadPoolExecutor(max_workers=min(at_once, len(items))) as pool:
+        answers = pool.map(lambda item: _each([item], ask), items)
+        return [answer for [answer] in answers]
