@@ -358,3 +358,53 @@ def test_policies_planned_again_are_not_parsed_again_in_the_next_process(
     remembered = memo.hits[-1]
     assert 0 < remembered < len(world.models), "some policies are planned again"
     assert parsed == [], "their parse results were kept with the memo"
+
+
+def test_the_parse_log_appends_what_is_new_and_compacts_what_is_stale(tmp_path: Path) -> None:
+    path = tmp_path / "cache.parsed"
+    first = {("m", f"f{i}.yaml", f"b{i}"): [i] for i in range(10)}
+    log, read = passmemo._ParseLog.read(path)
+    assert read == {}
+    log.keep(first)
+    inode = path.stat().st_ino
+    # One file changed: its new entry is appended, the file is not written anew.
+    second = dict(first) | {("m", "f0.yaml", "b0-new"): ["new"]}
+    del second[("m", "f0.yaml", "b0")]
+    log, read = passmemo._ParseLog.read(path)
+    assert read == first
+    size = path.stat().st_size
+    log.keep(second)
+    assert path.stat().st_ino == inode and path.stat().st_size > size
+    log, read = passmemo._ParseLog.read(path)
+    assert read == first | second
+    # Nothing new: nothing written.
+    size = path.stat().st_size
+    log.keep(second)
+    assert path.stat().st_size == size
+    # Once more stale entries are held than allowed, the file holds only what is wanted.
+    third = {("p", f"p{i}.yaml", "b"): i for i in range(passmemo.COMPACT_MIN + 1)}
+    log.keep(third)
+    log.keep({k: third[k] for k in list(third)[:1]})
+    assert path.stat().st_ino != inode
+    assert passmemo._ParseLog.read(path)[1] == {k: third[k] for k in list(third)[:1]}
+
+
+def test_the_parse_log_keeps_what_it_read_before_a_damaged_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "cache.parsed"
+    log, _ = passmemo._ParseLog.read(path)
+    log.keep({("m", "a.yaml", "1"): "a"})
+    log.keep({("m", "a.yaml", "1"): "a", ("m", "b.yaml", "2"): "b"})
+    path.write_bytes(path.read_bytes()[:-3])  # the last append was cut short
+    log, read = passmemo._ParseLog.read(path)
+    assert read == {("m", "a.yaml", "1"): "a"}
+    # The next keep writes the file anew, whole.
+    log.keep({("m", "a.yaml", "1"): "a", ("m", "b.yaml", "2"): "b"})
+    assert passmemo._ParseLog.read(path)[1] == {
+        ("m", "a.yaml", "1"): "a",
+        ("m", "b.yaml", "2"): "b",
+    }
+    # Another release of the code: nothing it parsed is used.
+    monkeypatch.setattr(passmemo, "_code", lambda: "another release")
+    assert passmemo._ParseLog.read(path)[1] == {}
