@@ -27,6 +27,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -722,11 +723,15 @@ def publish(
             continue
         requests.append(CommitRequest(prop.branch, prop.changes, prop.message))
     by_branch = {p.branch: p for p in todo}
-    try:
-        results = workspace.publish(requests, now=now)
-    except RolloutError as err:
-        report.error("git", str(err))
-        return
+    # Committing and pushing is mostly git's work: the pull requests are written meanwhile.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gitops-rollout-push") as pool:
+        pushing = pool.submit(workspace.publish, requests, now=now)
+        drafts = {r.branch: by_branch[r.branch].draft(r.changes) for r in requests}
+        try:
+            results = pushing.result()
+        except RolloutError as err:
+            report.error("git", str(err))
+            return
     opening: list[tuple[_Proposal, PullRequest | None, PushOutcome]] = []
     for result in results:
         prop = by_branch[result.branch]
@@ -746,7 +751,7 @@ def publish(
         if result.outcome is PushOutcome.EMPTY:
             continue
         opening.append((prop, pull, result.outcome))
-    _open_and_merge(opening, host=host, report=report, touched=touched)
+    _open_and_merge(opening, drafts, host=host, report=report, touched=touched)
 
 
 def _still_merges(host: GitHost, pulls: Sequence[PullRequest], report: PassReport) -> set[int]:
@@ -774,15 +779,16 @@ class _Opened:
 
 def _open_and_merge(
     pushed: Sequence[tuple[_Proposal, PullRequest | None, PushOutcome]],
+    drafts: Mapping[str, PullRequestDraft],
     *,
     host: GitHost,
     report: PassReport,
     touched: Callable[[int, Sequence[str]], None] | None,
 ) -> None:
     """Open or update the pull request of every pushed proposal (with the PR open before the
-    push, and how the push went), then merge those the policy lets the bot merge: each step
-    one batch where the host offers batches."""
-    opened_all = open_all(host, [prop.draft(prop.changes) for prop, _, _ in pushed])
+    push, and how the push went; `drafts` by branch), then merge those the policy lets the bot
+    merge: each step one batch where the host offers batches."""
+    opened_all = open_all(host, [drafts[prop.branch] for prop, _, _ in pushed])
     done: list[_Opened] = []
     for (prop, before, pushed_as), opened in zip(pushed, opened_all, strict=True):
         if isinstance(opened, RolloutError):
