@@ -24,8 +24,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 import git
 
 from gitops_rollout.errors import HostError, RolloutError
+from gitops_rollout.gitops import packs
+from gitops_rollout.gitops.hosts import treemerge
 from gitops_rollout.gitops.hosts.base import (
     MergeResult,
     PullRequest,
@@ -64,6 +66,9 @@ _FORMAT = 1
 
 HOST_IDENTITY = Identity("gitops-rollout local host", "local-host@gitops-rollout.invalid")
 """Committer of merge commits, like the host's own account on a real forge."""
+
+PLAIN_FROM = 3
+"""Pull requests from which a merge batch looks for merges that need no merge (`treemerge`)."""
 
 TRIAL_MERGES_AT_ONCE = min(4, os.cpu_count() or 1)
 """How many trial merges (``git merge-tree`` processes) `LocalHost.mergeable_many` runs at once."""
@@ -159,6 +164,13 @@ class _Repo:
     def run(
         self, *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
     ) -> tuple[int, str, str]:
+        code, out, err = self.run_bytes(*args, stdin=stdin, env=env)
+        return code, out.decode(errors="replace"), err
+
+    def run_bytes(
+        self, *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
+    ) -> tuple[int, bytes, str]:
+        """`run` with git's output as it came (paths in ``-z`` output need not be UTF-8)."""
         cmd = ["git", "--git-dir", str(self.path), *args]
         with tempfile.TemporaryFile() as spool:
             if stdin is not None:
@@ -176,12 +188,19 @@ class _Repo:
                 )
             except git.GitCommandNotFound as err:
                 raise HostError("the git executable was not found on PATH") from err
-        return code, out.decode(errors="replace"), err
+        return code, out, err
 
     def check(
         self, *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
     ) -> str:
         code, out, err = self.run(*args, stdin=stdin, env=env)
+        if code != 0:
+            raise HostError(f"git {args[0]} failed in {self.path}: {err.strip()}")
+        return out
+
+    def output(self, *args: str, stdin: bytes | None = None) -> bytes:
+        """`check`, with git's output as it came."""
+        code, out, err = self.run_bytes(*args, stdin=stdin)
         if code != 0:
             raise HostError(f"git {args[0]} failed in {self.path}: {err.strip()}")
         return out
@@ -213,6 +232,124 @@ class _Repo:
         if code > 1:
             raise HostError(f"git merge-base failed in {self.path}: {err.strip()}")
         return code == 0
+
+
+class _Objects:
+    """Objects read from the bare repository through one ``git cat-file --batch``."""
+
+    def __init__(self, path: Path) -> None:
+        self._proc = subprocess.Popen(
+            ["git", "--git-dir", str(path), "cat-file", "--batch"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self._path = path
+
+    def read(self, oid: str) -> bytes:
+        """The contents of object `oid`."""
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(oid.encode() + b"\n")
+        self._proc.stdin.flush()
+        header = self._proc.stdout.readline().split()
+        if len(header) != 3:
+            raise HostError(f"object {oid} cannot be read in {self._path}")
+        data = self._proc.stdout.read(int(header[2]) + 1)
+        return data[:-1]
+
+    def close(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        self._proc.wait()
+
+    def commit(self, oid: str) -> tuple[str, list[str]]:
+        """(tree, parents) of commit `oid`."""
+        tree, parents = "", []
+        for line in self.read(oid).split(b"\n\n", 1)[0].split(b"\n"):
+            key, _, value = line.partition(b" ")
+            if key == b"tree":
+                tree = value.decode()
+            elif key == b"parent":
+                parents.append(value.decode())
+        return tree, parents
+
+
+class _PlainMerges:
+    """For pull requests about to be merged one after another into one base commit, read in
+    one go: which of them merge without a merge (`treemerge`), and the trees of merging them.
+    Two git processes for all of them, where `git merge-tree` is one each.
+
+    A plain merge is that of a head that is one commit on the base commit itself (a branch
+    the bot built this pass, as it does), deleting nothing, whose paths keep apart from those
+    of the plain merges before it. Whatever the base changed since an older parent would have
+    to be read as well (tens of thousands of paths, after a busy day): those go to git.
+    """
+
+    def __init__(
+        self,
+        repo: _Repo,
+        objects: _Objects,
+        tip: str,
+        heads: Sequence[str],
+        store: packs.PackBuffer,
+    ) -> None:
+        self._objects = objects
+        self._store = store
+        self.tree, _ = objects.commit(tip)
+        """The tree of the base with the merges made so far (`merged`)."""
+        on_tip = [head for head in dict.fromkeys(heads) if objects.commit(head)[1] == [tip]]
+        # Each head against its parent; diff-tree gives the diffs in the order of the lines.
+        out = repo.output(
+            "diff-tree",
+            "--stdin",
+            "--always",
+            "-r",
+            "-z",
+            stdin="".join(f"{head}\n" for head in on_tip).encode(),
+        )
+        diffs = treemerge.parse_diffs(out, len(on_tip))
+        self._changes = {
+            head: diff
+            for head, diff in zip(on_tip, diffs, strict=True)
+            if not any(c.deleted for c in diff)  # git might see a rename
+        }
+        self._merged = treemerge.Touched()
+        """The paths the merges made so far changed."""
+        self._trees: dict[str, bytes] = {}
+        """Tree objects read or written, by id: each merge reads what the one before wrote."""
+
+    def plain(self, head: str) -> list[treemerge.Change] | None:
+        """The changes of `head` when it merges into the base as it stands without a merge.
+        None: ask git."""
+        changes = self._changes.get(head)
+        if changes is None or self._merged.meets(c.path for c in changes):
+            return None
+        return changes
+
+    def merged(self, head: str) -> str | None:
+        """The tree of merging `head` into the base as it stands, when that needs no merge
+        (`plain`); the next merge builds on it. Tree objects are written without git, like
+        merge commits, into the pack the batch writes. None: ask git."""
+        changes = self.plain(head)
+        if changes is None:
+            return None
+        try:
+            self.tree = treemerge.apply(self.tree, changes, read=self._read, write=self._write)
+        except ValueError:
+            return None
+        self._merged.add(c.path for c in changes)
+        return self.tree
+
+    def _read(self, tree: str) -> bytes:
+        body = self._trees.get(tree)
+        if body is None:
+            body = self._trees[tree] = self._objects.read(tree)
+        return body
+
+    def _write(self, body: bytes) -> str:
+        tree = self._store.add(b"tree", body)
+        self._trees[tree] = body
+        return tree
 
 
 class _StaleIndex(Exception):
@@ -445,9 +582,10 @@ class LocalHost:
         """`merge` for each (number, message) of `merges`, in order, as if one after another:
         each merge commit is made on top of the one before, and the base branch moves once,
         with one compare-and-swap, to the last. If the base moved meanwhile, the whole chain
-        is made again on the new base. One git process per pull request (its trial merge; the
-        merge commits are written without git), plus three for the batch, where one at a time
-        took six each.
+        is made again on the new base. A merge that needs no merge (`_PlainMerges`) is made
+        without git; any other costs a git process (its trial merge). Merge commits are
+        written without git. Five processes for the batch besides, where one pull request at
+        a time took six each.
         """
         with self._locked():
             results: dict[int, MergeResult | RolloutError] = {}
@@ -480,34 +618,45 @@ class LocalHost:
                 return {**results, **{index: gone for index, _, _ in todo}}
             reached = self._reached(refs, {(record.head, base) for _, record, _ in todo})
             pending: dict[str, str] = {}
-            tip = base_sha
-            made: list[tuple[int, PullRecord, str, str, datetime]] = []
+            opened: list[tuple[int, PullRecord, str]] = []
             for index, record, message in todo:
                 record = self._sync(
                     record, refs, reached=(record.head, base) in reached, pending=pending
                 )
-                if record.state is not PullState.OPEN:
+                if record.state is PullState.OPEN:
+                    opened.append((index, record, message))
+                else:
                     results[index] = (
                         MergeResult(True, record.merge_sha, reason="already merged")
                         if record.state is PullState.MERGED
                         else MergeResult(False, reason=f"pull request #{record.number} is closed")
                     )
-                    continue
-                try:
-                    tree, files = self._trial_merge(tip, record.head_sha)
-                except HostError as error:
-                    results[index] = MergeResult(False, reason=f"cannot merge: {error}")
-                    continue
-                if files is not None:
-                    results[index] = MergeResult(
-                        False,
-                        reason=f"merge conflict with {base} in {', '.join(files)}: "
-                        f"update {record.head} on top of {base}",
-                    )
-                    continue
-                when = self._clock()
-                tip = self._commit(tree, (tip, record.head_sha), message, when)
-                made.append((index, record, message, tip, when))
+            tip = base_sha
+            made: list[tuple[int, PullRecord, str, str, datetime]] = []
+            store = packs.PackBuffer()
+            heads = [r.head_sha for _, r, _ in opened]
+            with self._plain_merges(base_sha, heads, store) as plain:
+                for index, record, message in opened:
+                    tree = plain.merged(record.head_sha) if plain is not None else None
+                    if tree is None:
+                        store.write(self.bare / "objects")  # git reads the tip
+                        try:
+                            tree, files = self._trial_merge(tip, record.head_sha)
+                        except HostError as error:
+                            results[index] = MergeResult(False, reason=f"cannot merge: {error}")
+                            continue
+                        if files is not None:
+                            results[index] = MergeResult(
+                                False,
+                                reason=f"merge conflict with {base} in {', '.join(files)}: "
+                                f"update {record.head} on top of {base}",
+                            )
+                            continue
+                        plain = None  # what follows builds on a merge git made
+                    when = self._clock()
+                    tip = self._commit(tree, (tip, record.head_sha), message, when, store)
+                    made.append((index, record, message, tip, when))
+            store.write(self.bare / "objects")
             self._git.update_refs(pending)
             if not made:
                 return results
@@ -779,13 +928,45 @@ class LocalHost:
         code, _, _ = self._git.run("cat-file", "-e", f"{sha}^{{commit}}")
         return code == 0 and self._git.is_ancestor(sha, f"refs/heads/{base}")
 
-    def _commit(self, tree: str, parents: Sequence[str], message: str, when: datetime) -> str:
-        """A merge commit by the host's identity: the object ``git commit-tree`` makes,
-        written straight into the object store (no git process per merge). Repositories
-        with SHA-256 object names go through commit-tree."""
+    @contextmanager
+    def _plain_merges(
+        self, tip: str, heads: Sequence[str], store: packs.PackBuffer
+    ) -> Iterator[_PlainMerges | None]:
+        """`_PlainMerges` of `heads` into commit `tip`; None for fewer than `PLAIN_FROM` heads
+        (its two git processes would cost more than they save), in a repository with
+        SHA-256 object names, or when git cannot tell (git merges them all then)."""
+        if len(heads) < PLAIN_FROM or self._format() != "sha1":
+            yield None
+            return
+        objects = _Objects(self.bare)
+        try:
+            try:
+                plain: _PlainMerges | None = _PlainMerges(self._git, objects, tip, heads, store)
+            except (HostError, ValueError) as err:
+                log.info("pull requests into %s merged by git alone: %s", tip[:12], err)
+                plain = None
+            yield plain
+        finally:
+            objects.close()
+
+    def _format(self) -> str:
+        """The repository's object format: sha1 or sha256."""
         if self._object_format is None:
             self._object_format = self._git.check("rev-parse", "--show-object-format").strip()
-        if self._object_format != "sha1":
+        return self._object_format
+
+    def _commit(
+        self,
+        tree: str,
+        parents: Sequence[str],
+        message: str,
+        when: datetime,
+        store: packs.PackBuffer,
+    ) -> str:
+        """A merge commit by the host's identity: the object ``git commit-tree`` makes, kept
+        in `store` for the batch's one pack (no git process per merge). Repositories with
+        SHA-256 object names go through commit-tree."""
+        if self._format() != "sha1":
             args = [arg for parent in parents for arg in ("-p", parent)]
             return self._git.check(
                 "commit-tree",
@@ -802,7 +983,7 @@ class LocalHost:
             + "".join(f"parent {parent}\n" for parent in parents)
             + f"author {signature}\ncommitter {signature}\n\n{message}"
         )
-        return _write_object(self.bare / "objects", b"commit", body.encode())
+        return store.add(b"commit", body.encode())
 
     def _conflicts_of(self, record: PullRecord) -> list[str] | None:
         """None when `record` merges cleanly into its base now, else the conflicting files."""
@@ -962,28 +1143,6 @@ class LocalHost:
     def _write_entry(self, path: Path, head: str, latest: dict[str, int]) -> None:
         self._index.mkdir(parents=True, exist_ok=True)
         _write_json(path, {"format": _FORMAT, "head": head, "latest": latest})
-
-
-def _write_object(objects: Path, kind: bytes, body: bytes) -> str:
-    """Store a loose object the way git does (zlib-deflated ``<kind> <size>\\0<body>`` at
-    ``objects/xx/yyyy...``, read-only, renamed into place); its SHA-1 name."""
-    data = b"%s %d\0" % (kind, len(body)) + body
-    name = hashlib.sha1(data, usedforsecurity=False).hexdigest()
-    folder = objects / name[:2]
-    path = folder / name[2:]
-    if path.exists():
-        return name
-    folder.mkdir(exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="tmp_obj_", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(zlib.compress(data))
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return name
 
 
 _temp_names = itertools.count()
