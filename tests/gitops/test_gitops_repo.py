@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import subprocess
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from gitops_helpers import BOT, T0, Remote, git, identity_env
 
 from gitops_rollout.errors import GitWriteError
+from gitops_rollout.gitops import repo as repo_module
 from gitops_rollout.gitops.changeset import ChangeSet
 from gitops_rollout.gitops.repo import (
     CommitMessage,
@@ -88,6 +90,41 @@ def test_commit_is_built_without_a_work_tree(workspace: Workspace, remote: Remot
     assert not any(p.name == ROUTING.rsplit("/", 1)[-1] for p in workspace.git_dir.rglob("*"))
     # Nothing reached the remote yet.
     assert remote.head(BRANCH) is None
+
+
+def test_commits_written_as_a_pack_equal_fast_imports(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit objects the workspace writes itself (one pack) are byte for byte the ones
+    a second fast-import makes (as in a SHA-256 repository), and git finds them sound."""
+    tree = workspace.tree()
+    requests = [
+        CommitRequest(
+            branch_name(cluster="prod", namespace="ml", model=f"m{i}"),
+            ChangeSet.build(tree, {f"clusters/prod/ml/m{i}/rollout/routing.yaml": b"w: 1\n"}),
+            MESSAGE,
+        )
+        for i in range(5)
+    ]
+    folder = workspace.git_dir / "objects" / "pack"
+    before = set(folder.glob("*.idx"))
+    ours = [b.sha for b in workspace.commit(requests, now=T0)]
+    # The commits came as one pack of their own (the trees are fast-import's).
+    listed = [
+        [
+            line.split()[1]
+            for line in subprocess.run(
+                ["git", "show-index"], input=i.read_bytes(), capture_output=True, check=True
+            )
+            .stdout.decode()
+            .splitlines()
+        ]
+        for i in set(folder.glob("*.idx")) - before
+    ]
+    assert sorted(ours) in [sorted(ids) for ids in listed]
+    monkeypatch.setattr(repo_module, "_SHA1_HEX", 0)  # as if the ids were not SHA-1
+    assert [b.sha for b in workspace.commit(requests, now=T0)] == ours
+    git("--git-dir", str(workspace.git_dir), "fsck", "--strict", "--no-dangling")
 
 
 def test_commit_message_trailers_identity_and_dates(workspace: Workspace, remote: Remote) -> None:
