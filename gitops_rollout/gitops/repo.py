@@ -44,7 +44,8 @@ import git
 
 from gitops_rollout.errors import GitWriteError
 from gitops_rollout.gitops.changeset import ChangeSet
-from gitops_rollout.gitops.packs import PackBuffer
+from gitops_rollout.gitops.objects import ObjectReader, PackBuffer
+from gitops_rollout.gitops.treemerge import Change, apply
 from gitops_rollout.tree import GitTree, blob_id
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,11 @@ _MERGE_TIMES_FORMAT = 1
 
 _MERGE_TIMES_KEPT = 200_000
 """Paths the merge-time file holds at most; the least recently asked are dropped first."""
+
+_DIRECT_MAX = 200
+"""Commits a pass builds in Python at most (`Workspace._direct`): each writes its whole trees,
+so ten thousand in a folder of ten thousand models would write gigabytes; fast-import's chain
+stores them as deltas instead."""
 
 _SHA1_HEX = 40
 """Length of a SHA-1 object id in hex (SHA-256 ones are 64)."""
@@ -359,6 +365,8 @@ class Workspace:
         self._lock = lock
         self._git = git.Git()
         self._base_sha: str | None = None
+        self._heads: dict[str, str] | None = None
+        """`remote_heads` as last read; dropped by a fetch or a ref update."""
         self._tree: GitTree | None = None
         self._fetching: Future[str] | None = None
 
@@ -509,6 +517,7 @@ class Workspace:
         return self._fetch()
 
     def _fetch(self) -> str:
+        self._heads = None
         code, _, err = self._run_status("fetch", "--prune", "--quiet", "origin", network=True)
         sha = self._rev(f"refs/remotes/origin/{self._o.base}") if code == 0 else None
         if code != 0 and "couldn't find remote ref" not in err:
@@ -547,28 +556,31 @@ class Workspace:
 
     def remote_heads(self) -> dict[str, str]:
         """{bot branch: sha} on the remote as of the last fetch (or our last push)."""
-        prefix = f"refs/remotes/origin/{BRANCH_PREFIX}"
-        out = self._run("for-each-ref", "--format=%(objectname) %(refname)", prefix)
-        heads = {}
-        for line in out.decode().splitlines():
-            sha, _, ref = line.partition(" ")
-            heads[ref.removeprefix("refs/remotes/origin/")] = sha
-        return heads
+        if self._heads is None:
+            # Kept until a fetch or a ref update: a pass asks four times.
+            prefix = f"refs/remotes/origin/{BRANCH_PREFIX}"
+            out = self._run("for-each-ref", "--format=%(objectname) %(refname)", prefix)
+            self._heads = {}
+            for line in out.decode().splitlines():
+                sha, _, ref = line.partition(" ")
+                self._heads[ref.removeprefix("refs/remotes/origin/")] = sha
+        return dict(self._heads)
 
     # -- committing --------------------------------------------------------------------------
 
     def commit(self, requests: Sequence[CommitRequest], *, now: datetime) -> list[BuiltCommit]:
         """Build one commit per request on top of origin/<base>, without a work tree.
 
-        Two steps build every commit, whatever their number. First one ``git fast-import``
-        chains the requests' trees on one scratch branch, each reverting the previous
-        request's paths to the base's entries before applying its own: consecutive trees then
-        differ by one change, so fast-import stores them as small deltas (built each from the
-        base instead, 10,000 commits in a 10,000-model folder wrote 3 GB of whole trees). Then
-        each tree gets its real parent (the base) and message: commit objects written here as
-        one pack (a second fast-import in a SHA-256 repository). An empty change set gives an
-        "empty" result (its parent) and writes nothing. Author and committer are the bot
-        identity, dated `now`. With a signing key the commits are made by one signed ``git
+        Up to `_DIRECT_MAX` commits are built here (`_direct`): each request's files applied
+        to the base's trees, and every new object written as one pack. More are built in two
+        ``git fast-import`` runs, whatever their number. The first chains the requests' trees
+        on one scratch branch, each reverting the previous request's paths to the base's
+        entries before applying its own: consecutive trees then differ by one change, so
+        fast-import stores them as small deltas (built each from the base instead, 10,000
+        commits in a 10,000-model folder wrote 3 GB of whole trees). The second gives each
+        tree its real parent (the base) and message. An empty change set gives an "empty"
+        result (its parent) and writes nothing. Author and committer are the bot identity,
+        dated `now`. With a signing key the commits are made by one signed ``git
         commit-tree`` each.
         """
         base = self.base_sha
@@ -580,9 +592,17 @@ class Workspace:
         assert base_tree is not None
         shas: dict[int, str] = {}
         trees: dict[int, str] = {}
-        if todo:
+        signature = self._o.identity.signature(now).encode()
+        direct = (
+            self._direct(base, base_tree, [r for _, r in todo], signature)
+            if todo and self._o.signing is None and len(todo) <= _DIRECT_MAX
+            else None
+        )
+        if direct is not None:
+            for (i, _), (sha, tree) in zip(todo, direct, strict=True):
+                shas[i], trees[i] = sha, tree
+        elif todo:
             entries = self._entries(base, {c.path for _, r in todo for c in r.changes})
-            signature = self._o.identity.signature(now).encode()
             with tempfile.TemporaryDirectory(prefix="gitops-rollout-") as tmp:
                 chain = self._fast_import(
                     Path(tmp),
@@ -590,16 +610,7 @@ class Workspace:
                 )
                 tree_ids = self._resolve([f"{sha}^{{tree}}" for sha in chain])
                 tree_list = [tree_ids[f"{sha}^{{tree}}"] or "" for sha in chain]
-                if self._o.signing is None and len(base) == _SHA1_HEX:
-                    # Commits are small and few: one pack written here, where a second
-                    # fast-import would unpack them again as loose objects, one file each.
-                    store = PackBuffer()
-                    final = [
-                        store.add(b"commit", _commit_body(r, tree, base=base, signature=signature))
-                        for (_, r), tree in zip(todo, tree_list, strict=True)
-                    ]
-                    store.write(self.git_dir / "objects")
-                elif self._o.signing is None:
+                if self._o.signing is None:
                     final = self._fast_import(
                         Path(tmp),
                         _commit_stream(
@@ -617,6 +628,49 @@ class Workspace:
             for i, r in enumerate(requests)
         ]
         log.debug("built %d commits on %s", len(todo), base[:12])
+        return built
+
+    def _direct(
+        self, base: str, base_tree: str, requests: Sequence[CommitRequest], signature: bytes
+    ) -> list[tuple[str, str]] | None:
+        """(commit, tree) of each request on `base`, its files applied to the base's tree here
+        (`treemerge.apply`) and every new object written as one pack: no git process but
+        one reader. None where that cannot be done (SHA-256 object names, a file where a
+        change needs a folder): fast-import builds them then."""
+        if len(base) != _SHA1_HEX:
+            return None
+        store = PackBuffer()
+        reader = ObjectReader(self.git_dir)
+        trees: dict[str, bytes] = {}
+
+        def read(tree: str) -> bytes:
+            if tree not in trees:
+                trees[tree] = reader.read(tree)
+            return trees[tree]
+
+        def write(body: bytes) -> str:
+            tree = store.add(b"tree", body)
+            trees[tree] = body
+            return tree
+
+        built = []
+        try:
+            for request in requests:
+                changes = [
+                    Change(c.path, "", "")
+                    if c.new is None
+                    else Change(c.path, "100644", store.add(b"blob", c.new))
+                    for c in request.changes
+                ]
+                tree = apply(base_tree, changes, read=read, write=write)
+                commit = store.add(b"commit", _commit_body(request, tree, base, signature))
+                built.append((commit, tree))
+        except ValueError as err:
+            log.debug("commits left to fast-import: %s", err)
+            return None
+        finally:
+            reader.close()
+        store.write(self.git_dir / "objects")
         return built
 
     def _signed_commits(
@@ -1216,6 +1270,7 @@ class Workspace:
             f"update {ref} {sha}\n" if sha is not None else f"delete {ref}\n"
             for ref, sha in updates
         ]
+        self._heads = None
         self._run("update-ref", "--stdin", stdin="".join(lines).encode(), git_dir=git_dir)
 
     def _stream_tokens(self, args: Sequence[str]) -> Iterator[bytes]:
@@ -1338,7 +1393,7 @@ def _commit_stream(
         yield f'from {base}\nM 040000 {tree} ""\n\n'.encode()
 
 
-def _commit_body(request: CommitRequest, tree: str, *, base: str, signature: bytes) -> bytes:
+def _commit_body(request: CommitRequest, tree: str, base: str, signature: bytes) -> bytes:
     """The commit object `_commit_stream` has fast-import make for `request`."""
     head = f"tree {tree}\nparent {base}\n".encode()
     head += b"author " + signature + b"\ncommitter " + signature + b"\n\n"

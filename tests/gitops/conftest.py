@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from gitops_helpers import BOT, SEED, T0, Clock, Remote
 
-from gitops_rollout.gitops.hosts.local import LocalHost, _Objects, _Repo
+from gitops_rollout.gitops.hosts.local import LocalHost, _Repo
+from gitops_rollout.gitops.objects import ObjectReader
 from gitops_rollout.gitops.repo import Workspace
 
 
@@ -56,16 +57,16 @@ def git_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The git subcommands every LocalHost runs from now on."""
     seen: list[str] = []
     run = _Repo.run_bytes
-    reader = _Objects.__init__
+    reader = ObjectReader.__init__
 
     def counting(self: _Repo, *args: str, **kwargs: Any) -> tuple[int, bytes, str]:
         seen.append(args[0])
         return run(self, *args, **kwargs)
 
-    def reading(self: _Objects, path: Path) -> None:
+    def reading(self: ObjectReader, path: Path) -> None:
         seen.append("cat-file --batch")
         reader(self, path)
 
     monkeypatch.setattr(_Repo, "run_bytes", counting)
-    monkeypatch.setattr(_Objects, "__init__", reading)
+    monkeypatch.setattr(ObjectReader, "__init__", reading)
     return seen

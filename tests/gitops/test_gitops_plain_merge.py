@@ -26,10 +26,11 @@ import pytest
 from gitops_helpers import T0, Clock, Remote, git
 
 from gitops_rollout.errors import RolloutError
-from gitops_rollout.gitops.hosts import local, treemerge
+from gitops_rollout.gitops import treemerge
+from gitops_rollout.gitops.hosts import local
 from gitops_rollout.gitops.hosts.base import MergeResult, PullRequest, PullRequestDraft
 from gitops_rollout.gitops.hosts.local import LocalHost
-from gitops_rollout.gitops.hosts.treemerge import Change
+from gitops_rollout.gitops.treemerge import Change
 
 GIT_ONLY = 10**9
 """`local.PLAIN_FROM` that no batch reaches: every merge goes to ``git merge-tree``."""

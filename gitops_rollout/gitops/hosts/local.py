@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,8 +35,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 import git
 
 from gitops_rollout.errors import HostError, RolloutError
-from gitops_rollout.gitops import packs
-from gitops_rollout.gitops.hosts import treemerge
+from gitops_rollout.gitops import treemerge
 from gitops_rollout.gitops.hosts.base import (
     MergeResult,
     PullRequest,
@@ -45,6 +43,7 @@ from gitops_rollout.gitops.hosts.base import (
     PullState,
     each_at_once,
 )
+from gitops_rollout.gitops.objects import ObjectReader, PackBuffer
 from gitops_rollout.gitops.repo import Identity
 
 if TYPE_CHECKING:
@@ -234,46 +233,6 @@ class _Repo:
         return code == 0
 
 
-class _Objects:
-    """Objects read from the bare repository through one ``git cat-file --batch``."""
-
-    def __init__(self, path: Path) -> None:
-        self._proc = subprocess.Popen(
-            ["git", "--git-dir", str(path), "cat-file", "--batch"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        self._path = path
-
-    def read(self, oid: str) -> bytes:
-        """The contents of object `oid`."""
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._proc.stdin.write(oid.encode() + b"\n")
-        self._proc.stdin.flush()
-        header = self._proc.stdout.readline().split()
-        if len(header) != 3:
-            raise HostError(f"object {oid} cannot be read in {self._path}")
-        data = self._proc.stdout.read(int(header[2]) + 1)
-        return data[:-1]
-
-    def close(self) -> None:
-        if self._proc.stdin is not None:
-            self._proc.stdin.close()
-        self._proc.wait()
-
-    def commit(self, oid: str) -> tuple[str, list[str]]:
-        """(tree, parents) of commit `oid`."""
-        tree, parents = "", []
-        for line in self.read(oid).split(b"\n\n", 1)[0].split(b"\n"):
-            key, _, value = line.partition(b" ")
-            if key == b"tree":
-                tree = value.decode()
-            elif key == b"parent":
-                parents.append(value.decode())
-        return tree, parents
-
-
 class _PlainMerges:
     """For pull requests about to be merged one after another into one base commit, read in
     one go: which of them merge without a merge (`treemerge`), and the trees of merging them.
@@ -288,10 +247,10 @@ class _PlainMerges:
     def __init__(
         self,
         repo: _Repo,
-        objects: _Objects,
+        objects: ObjectReader,
         tip: str,
         heads: Sequence[str],
-        store: packs.PackBuffer,
+        store: PackBuffer,
     ) -> None:
         self._objects = objects
         self._store = store
@@ -633,7 +592,7 @@ class LocalHost:
                     )
             tip = base_sha
             made: list[tuple[int, PullRecord, str, str, datetime]] = []
-            store = packs.PackBuffer()
+            store = PackBuffer()
             heads = [r.head_sha for _, r, _ in opened]
             with self._plain_merges(base_sha, heads, store) as plain:
                 for index, record, message in opened:
@@ -930,7 +889,7 @@ class LocalHost:
 
     @contextmanager
     def _plain_merges(
-        self, tip: str, heads: Sequence[str], store: packs.PackBuffer
+        self, tip: str, heads: Sequence[str], store: PackBuffer
     ) -> Iterator[_PlainMerges | None]:
         """`_PlainMerges` of `heads` into commit `tip`; None for fewer than `PLAIN_FROM` heads
         (its two git processes would cost more than they save), in a repository with
@@ -938,7 +897,7 @@ class LocalHost:
         if len(heads) < PLAIN_FROM or self._format() != "sha1":
             yield None
             return
-        objects = _Objects(self.bare)
+        objects = ObjectReader(self.bare)
         try:
             try:
                 plain: _PlainMerges | None = _PlainMerges(self._git, objects, tip, heads, store)
@@ -961,7 +920,7 @@ class LocalHost:
         parents: Sequence[str],
         message: str,
         when: datetime,
-        store: packs.PackBuffer,
+        store: PackBuffer,
     ) -> str:
         """A merge commit by the host's identity: the object ``git commit-tree`` makes, kept
         in `store` for the batch's one pack (no git process per merge). Repositories with

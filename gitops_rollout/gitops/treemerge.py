@@ -9,6 +9,9 @@ sides (or a file on one side where the other has a folder), and any deletion, si
 take a deletion and an addition for a rename (of a file or a whole folder) and merge
 accordingly.
 
+`apply` also builds the bot's own commits on the base (`Workspace`): a pass's few change sets
+applied to the base's trees.
+
 Pure: trees are read and written through the functions the caller passes.
 """
 

@@ -1,8 +1,10 @@
-"""Objects written into a repository as one pack: a batch of merges adds one file and its index,
-where loose objects cost a file each (six trees and a commit per merge).
+"""Git objects read and written without a git process (or a file) per object.
 
-The pack format is git's (version 2, objects whole, no deltas, zlib-deflated; an index of
-version 2 beside it), named by its checksum as git names packs. SHA-1 repositories only.
+`PackBuffer` writes a batch of objects into a repository as one pack, where loose objects cost
+a file each (six trees and a commit per merge or per bot commit). The pack format is git's
+(version 2, objects whole, no deltas, zlib-deflated; an index of version 2 beside it), named by
+its checksum as git names packs. SHA-1 repositories only. `ObjectReader` reads objects through
+one ``git cat-file --batch``.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import subprocess
 import zlib
 from pathlib import Path
+
+from gitops_rollout.errors import GitWriteError
 
 _TYPES = {b"commit": 1, b"tree": 2, b"blob": 3, b"tag": 4}
 
@@ -90,3 +95,43 @@ def _write_new(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+class ObjectReader:
+    """Objects read from the bare repository through one ``git cat-file --batch``."""
+
+    def __init__(self, path: Path) -> None:
+        self._proc = subprocess.Popen(
+            ["git", "--git-dir", str(path), "cat-file", "--batch"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self._path = path
+
+    def read(self, oid: str) -> bytes:
+        """The contents of object `oid`."""
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(oid.encode() + b"\n")
+        self._proc.stdin.flush()
+        header = self._proc.stdout.readline().split()
+        if len(header) != 3:
+            raise GitWriteError(f"object {oid} cannot be read in {self._path}")
+        data = self._proc.stdout.read(int(header[2]) + 1)
+        return data[:-1]
+
+    def close(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        self._proc.wait()
+
+    def commit(self, oid: str) -> tuple[str, list[str]]:
+        """(tree, parents) of commit `oid`."""
+        tree, parents = "", []
+        for line in self.read(oid).split(b"\n\n", 1)[0].split(b"\n"):
+            key, _, value = line.partition(b" ")
+            if key == b"tree":
+                tree = value.decode()
+            elif key == b"parent":
+                parents.append(value.decode())
+        return tree, parents
