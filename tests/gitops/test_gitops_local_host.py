@@ -19,6 +19,7 @@ from gitops_rollout.gitops.hosts.base import PullRequest, PullRequestDraft, Pull
 from gitops_rollout.gitops.hosts.local import (
     INDEX_DIR,
     INDEX_MARK,
+    MERGING_FILE,
     PULLS_DIR,
     LocalHost,
     PullRecord,
@@ -204,21 +205,25 @@ def test_a_merge_interrupted_after_moving_main_is_completed_on_read(
     bot_branch(remote)
     pr = host.open_or_update(draft())
     real_save = host._save
-    saves = []
 
-    def dying_save(record: object) -> None:
-        saves.append(record)
-        if len(saves) == 2:  # the record that says "merged": the process dies first
+    def dying_save(record: PullRecord) -> None:
+        if record.state is PullState.MERGED:  # the process dies before recording it
             raise KeyboardInterrupt
-        real_save(record)  # type: ignore[arg-type]
+        real_save(record)
 
     host._save = dying_save  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt):
         host.merge(pr.number, message="merge #1")
     merged_main = remote.sha("main")
+    assert (remote.path / MERGING_FILE).is_file()
     fresh = LocalHost(remote.path, clock=clock)
     record = fresh.show(pr.number)
     assert (record.state, record.merge_sha) == (PullState.MERGED, merged_main)
+    # The next merge forgets it.
+    bot_branch(remote, "spec: {w: 20}\n", head="gitops-rollout/prod/ml/iris")
+    second = fresh.open_or_update(draft(head="gitops-rollout/prod/ml/iris"))
+    assert fresh.merge(second.number, message="merge #2").merged
+    assert not (remote.path / MERGING_FILE).exists()
 
 
 def test_records_survive_a_restart(host: LocalHost, remote: Remote, clock: Clock) -> None:

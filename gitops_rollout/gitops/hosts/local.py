@@ -59,6 +59,9 @@ INDEX_DIR = "gitops-rollout/heads"
 """The index: one file per head branch naming its newest pull request into each base."""
 INDEX_MARK = "gitops-rollout/heads.json"
 """Up to which number every record is in the index (records above it are indexed on read)."""
+MERGING_FILE = "gitops-rollout/merging.json"
+"""The merges of a batch while it moves their base (one file for the batch, not a record
+rewrite per pull request)."""
 
 _LOCK = "gitops-rollout/pulls.lock"
 _FORMAT = 1
@@ -338,6 +341,7 @@ class LocalHost:
         self._identity = identity
         self._attempts = max(1, max_merge_attempts)
         self._dir = self.bare / PULLS_DIR
+        self._merging_file = self.bare / MERGING_FILE
         self._index = self.bare / INDEX_DIR
         self._mark = self.bare / INDEX_MARK
         self._held = 0
@@ -619,8 +623,9 @@ class LocalHost:
             self._git.update_refs(pending)
             if not made:
                 return results
-            for _, record, _, merge_sha, _ in made:
-                self._save(replace(record, merging=merge_sha))
+            # Should the process die once the base moved, the next look sees these merged.
+            merging = self._merging()
+            self._write_merging(merging | {r.number: sha for _, r, _, sha, _ in made})
             numbers = ", ".join(f"#{record.number}" for _, record, _, _, _ in made)
             what = "pull requests" if len(made) > 1 else "pull request"
             code, _, err = self._git.run(
@@ -640,11 +645,13 @@ class LocalHost:
                         )
                     )
                     results[index] = MergeResult(True, merge_sha)
+                self._write_merging(merging)
                 return results
             if self._git.resolve(base_ref).get(base_ref) == base_sha:
                 refused = HostError(f"cannot update {base_ref} in {self.bare}: {err.strip()}")
                 return {**results, **{index: refused for index, _, _, _, _ in made}}
             # The base moved under us (a push landed): merge them again onto the new base.
+            self._write_merging(merging)
             todo = [
                 (index, replace(record, merging=None), message)
                 for index, record, message, _, _ in made
@@ -734,6 +741,32 @@ class LocalHost:
                 continue
             os.close(fd)
             return number
+
+    def _merging(self) -> dict[int, str]:
+        """{number: merge commit} of merges a batch was making when it last moved a base
+        (`merge_many`); whether each landed is for `_sync` to find out."""
+        try:
+            data = json.loads(self._merging_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as err:
+            raise HostError(
+                f"{self._merging_file} cannot be read ({err}); it names merges that may have "
+                "landed: fix or delete it (each pull request's next look decides anew)"
+            ) from err
+        return {int(number): str(sha) for number, sha in data.get("merging", {}).items()}
+
+    def _write_merging(self, merging: dict[int, str]) -> None:
+        """Keep `merging`, without entries whose pull request is no longer open."""
+        kept = {
+            n: sha
+            for n, sha in merging.items()
+            if (r := self._record(n)) is not None and r.state is PullState.OPEN
+        }
+        if kept:
+            _write_json(self._merging_file, {"format": _FORMAT, "merging": kept})
+        else:
+            self._merging_file.unlink(missing_ok=True)
 
     def _save(self, record: PullRecord) -> None:
         _write_json(self._path(record.number), record.to_json())
@@ -845,11 +878,10 @@ class LocalHost:
         if record.state is not PullState.OPEN:
             return record
         head = refs.get(f"refs/heads/{record.head}")
+        merging = record.merging or self._merging().get(record.number)
         landed = (
-            record.merging
-            if head is not None
-            and record.merging is not None
-            and self._landed(record.merging, record.base)
+            merging
+            if head is not None and merging is not None and self._landed(merging, record.base)
             else None
         )
         updated = record
