@@ -603,7 +603,8 @@ class _ListedOnce:
                 ask.append(number)
             else:
                 known[number] = remembered
-        for number, answer in zip(ask, mergeable_all(self._host, ask), strict=True):
+        asked = mergeable_all(self._host, ask) if ask else []
+        for number, answer in zip(ask, asked, strict=True):
             known[number] = answer
             head = self._heads.get(number)
             if head and self._base_rev and isinstance(answer, bool):
