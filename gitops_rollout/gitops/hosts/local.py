@@ -625,7 +625,7 @@ class LocalHost:
                 return results
             # Should the process die once the base moved, the next look sees these merged.
             merging = self._merging()
-            self._write_merging(merging | {r.number: sha for _, r, _, sha, _ in made})
+            self._write_merging(merging, adding={r.number: sha for _, r, _, sha, _ in made})
             numbers = ", ".join(f"#{record.number}" for _, record, _, _, _ in made)
             what = "pull requests" if len(made) > 1 else "pull request"
             code, _, err = self._git.run(
@@ -756,13 +756,14 @@ class LocalHost:
             ) from err
         return {int(number): str(sha) for number, sha in data.get("merging", {}).items()}
 
-    def _write_merging(self, merging: dict[int, str]) -> None:
-        """Keep `merging`, without entries whose pull request is no longer open."""
+    def _write_merging(self, merging: dict[int, str], adding: dict[int, str] | None = None) -> None:
+        """Keep `merging` (without entries whose pull request is no longer open) and `adding`."""
         kept = {
             n: sha
             for n, sha in merging.items()
             if (r := self._record(n)) is not None and r.state is PullState.OPEN
         }
+        kept.update(adding or {})
         if kept:
             _write_json(self._merging_file, {"format": _FORMAT, "merging": kept})
         else:
