@@ -17,7 +17,7 @@ import os
 import random
 import shutil
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -164,6 +164,46 @@ def outcomes(bare: Path, results: Sequence[MergeResult | RolloutError]) -> list[
 
 def fsck(bare: Path) -> None:
     git("--git-dir", str(bare), "fsck", "--strict", "--no-dangling", "--no-progress")
+
+
+@dataclass(frozen=True)
+class BothWays:
+    """A batch merged on the plain path, and on a git-only copy of the repository."""
+
+    results: list[MergeResult | RolloutError]
+    git_results: list[MergeResult | RolloutError]
+    trials: int
+    """How many ``git merge-tree`` the plain path's batch started."""
+    git_host: LocalHost
+
+
+MergeBoth = Callable[[Sequence[str]], BothWays]
+
+
+@pytest.fixture
+def merge_both(
+    host: LocalHost,
+    remote: Remote,
+    clock: Clock,
+    git_calls: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> MergeBoth:
+    """Open pull requests for some branches and merge them, in order, with the plain path and
+    on a git-only copy: every merge and refusal must be the same, the repository sound."""
+
+    def merge(branches: Sequence[str]) -> BothWays:
+        numbers = open_pulls(host, branches)
+        git_host = git_only_copy(remote.path, clock)
+        merges = [(n, f"merge #{n}") for n in numbers]
+        git_calls.clear()
+        results = host.merge_many(merges)
+        trials = git_calls.count("merge-tree")
+        git_results = merged_with_git_only(git_host, merges, monkeypatch)
+        assert outcomes(remote.path, results) == outcomes(git_host.bare, git_results)
+        fsck(remote.path)
+        return BothWays(results, git_results, trials, git_host)
+
+    return merge
 
 
 # -- 1. random batches, merged both ways ---------------------------------------------------------
@@ -581,38 +621,22 @@ def test_a_batch_of_plain_pull_requests_starts_no_merge_tree(
 
 
 def test_a_deletion_sends_its_pull_request_and_every_later_one_to_git(
-    host: LocalHost,
-    remote: Remote,
-    clock: Clock,
-    git_calls: list[str],
-    monkeypatch: pytest.MonkeyPatch,
+    remote: Remote, merge_both: MergeBoth
 ) -> None:
-    numbers = open_pulls(host, nested_branches(remote, 10, deleting=4))
-    git_host = git_only_copy(remote.path, clock)
-    merges = [(n, f"merge #{n}") for n in numbers]
-    git_calls.clear()
+    branches = nested_branches(remote, 10, deleting=4)
 
-    results = host.merge_many(merges)
+    both = merge_both(branches)
 
-    assert git_calls.count("merge-tree") == 6  # the fifth and the five after it
-    assert all(isinstance(r, MergeResult) and r.merged for r in results)
-    git_results = merged_with_git_only(git_host, merges, monkeypatch)
-    assert outcomes(remote.path, results) == outcomes(git_host.bare, git_results)
-    assert remote.sha("main") == git_host._git.check("rev-parse", "main").strip()
+    assert both.trials == 6  # the fifth and the five after it
+    assert all(isinstance(r, MergeResult) and r.merged for r in both.results)
+    assert remote.sha("main") == both.git_host._git.check("rev-parse", "main").strip()
     with pytest.raises(subprocess.CalledProcessError):
         remote.show("main", "clusters/prod/ml/iris/v1.yaml")
-    fsck(remote.path)
 
 
 def test_a_pull_request_meeting_an_earlier_plain_merge_goes_to_git(
-    host: LocalHost,
-    remote: Remote,
-    clock: Clock,
-    git_calls: list[str],
-    monkeypatch: pytest.MonkeyPatch,
+    remote: Remote, merge_both: MergeBoth
 ) -> None:
-    stream = Stream()
-    tip = remote.sha("main")
     iris = "clusters/prod/ml/iris/v1.yaml"
     changes: list[dict[str, Entry | None]] = [
         {"apps/x/values.yaml": ("100644", b"x\n")},  # a folder apps/x
@@ -623,31 +647,23 @@ def test_a_pull_request_meeting_an_earlier_plain_merge_goes_to_git(
         {iris: ("100644", b"second\n")},  # the file the third changed
         {"apps/z/values.yaml": ("100644", b"z\n")},
     ]
+    stream = Stream()
+    tip = remote.sha("main")
     for i, change in enumerate(changes):
         stream.commit(f"feature/{i}", tip, change)
     stream.run(remote.path)
-    numbers = open_pulls(host, [f"feature/{i}" for i in range(len(changes))])
-    git_host = git_only_copy(remote.path, clock)
-    merges = [(n, f"merge #{n}") for n in numbers]
-    git_calls.clear()
+    branches = [f"feature/{i}" for i in range(len(changes))]
 
-    results = host.merge_many(merges)
+    both = merge_both(branches)
 
-    merged = [isinstance(r, MergeResult) and r.merged for r in results]
+    merged = [isinstance(r, MergeResult) and r.merged for r in both.results]
     assert merged == [True, True, True, False, False, False, True]
-    assert 3 <= git_calls.count("merge-tree") <= 4  # the last may merge plainly
-    git_results = merged_with_git_only(git_host, merges, monkeypatch)
-    assert outcomes(remote.path, results) == outcomes(git_host.bare, git_results)
-    assert results == git_results
-    fsck(remote.path)
+    assert 3 <= both.trials <= 4  # the last may merge plainly
+    assert both.results == both.git_results
 
 
 def test_a_folder_renamed_after_a_plain_merge_added_to_it_goes_to_git(
-    host: LocalHost,
-    remote: Remote,
-    clock: Clock,
-    git_calls: list[str],
-    monkeypatch: pytest.MonkeyPatch,
+    remote: Remote, merge_both: MergeBoth
 ) -> None:
     # Why a deletion goes to git: git sees the folder renamed, and the file added to it then.
     stream = Stream()
@@ -662,27 +678,15 @@ def test_a_folder_renamed_after_a_plain_merge_added_to_it_goes_to_git(
     stream.commit("feature/2", tip, renamed)
     stream.commit("feature/3", tip, {"apps/b.yaml": ("100644", b"b\n")})
     stream.run(remote.path)
-    numbers = open_pulls(host, [f"feature/{i}" for i in range(4)])
-    git_host = git_only_copy(remote.path, clock)
-    merges = [(n, f"merge #{n}") for n in numbers]
-    git_calls.clear()
+    branches = [f"feature/{i}" for i in range(4)]
 
-    results = host.merge_many(merges)
+    both = merge_both(branches)
 
-    git_results = merged_with_git_only(git_host, merges, monkeypatch)
-    assert outcomes(remote.path, results) == outcomes(git_host.bare, git_results)
-    assert results == git_results
-    assert git_calls.count("merge-tree") >= 1
-    fsck(remote.path)
+    assert both.results == both.git_results
+    assert both.trials >= 1
 
 
-def test_a_head_that_is_a_merge_goes_to_git(
-    host: LocalHost,
-    remote: Remote,
-    clock: Clock,
-    git_calls: list[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_head_that_is_a_merge_goes_to_git(remote: Remote, merge_both: MergeBoth) -> None:
     # diff-tree shows a merge commit as no change at all: the merge must not be taken as one.
     stream = Stream()
     tip = remote.sha("main")
@@ -693,18 +697,12 @@ def test_a_head_that_is_a_merge_goes_to_git(
             changes["apps/side.yaml"] = ("100644", b"side\n")  # what merging side brings
         stream.commit(f"feature/{i}", tip, changes, merging=side if i == 2 else None)
     stream.run(remote.path)
-    numbers = open_pulls(host, [f"feature/{i}" for i in range(5)])
-    git_host = git_only_copy(remote.path, clock)
-    merges = [(n, f"merge #{n}") for n in numbers]
-    git_calls.clear()
+    branches = [f"feature/{i}" for i in range(5)]
 
-    results = host.merge_many(merges)
+    both = merge_both(branches)
 
-    assert git_calls.count("merge-tree") == 3  # the merge and the two after it
-    git_results = merged_with_git_only(git_host, merges, monkeypatch)
-    assert outcomes(remote.path, results) == outcomes(git_host.bare, git_results)
+    assert both.trials == 3  # the merge and the two after it
     assert remote.show("main", "apps/side.yaml") == b"side\n"
-    fsck(remote.path)
 
 
 def test_a_push_during_a_plain_batch_has_the_chain_made_again_on_it(
