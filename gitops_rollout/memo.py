@@ -42,7 +42,7 @@ import pickle
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import astuple
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -58,7 +58,7 @@ from gitops_rollout.gitops.hosts.base import (
     mergeable_all,
 )
 from gitops_rollout.gitops.repo import BRANCH_PREFIX
-from gitops_rollout.inventory.manifests import ManifestCache, version_key
+from gitops_rollout.inventory.manifests import ManifestCache, manifest_place, version_key
 from gitops_rollout.planning import Planned, RolloutKey
 from gitops_rollout.repository import Facts, PolicySummary
 from gitops_rollout.state import Phase
@@ -67,7 +67,7 @@ from gitops_rollout.tree import Tree
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3
+FORMAT = 4
 """Bumped when the file's layout changes."""
 
 STILL = (Phase.IDLE, Phase.ROLLED_BACK, Phase.PAUSED)
@@ -135,6 +135,8 @@ class PassMemo:
         """Plain tuples as stored (`_File` fields, `_Doc` fields): cheap to read."""
         self._fields: tuple[str, ...] = stored.get("fields", ())
         self._stored_world: str | None = stored.get("world")
+        self._stored_standing: _Standing | None = stored.get("standing")
+        """What the stored entries were decided from, part by part (`_quiet`)."""
         self._stored_checks: dict[int, tuple[str, str, bool]] = stored.get("merge_checks", {})
         self._stored_paths: dict[int, tuple[str, ...]] = stored.get("merge_paths", {})
         self._open = open_heads
@@ -142,8 +144,11 @@ class PassMemo:
         self._hits: dict[str, tuple[Any, ...]] = {}
         """The entries this pass took, as stored (`_File` fields)."""
         self._planned: list[Any] | None = None
-        self._world: str | None = None
-        self._world_of: int | None = None
+        self._standing: _Standing | None = None
+        self._standing_of: int | None = None
+        self._quiet_of: int | None = None
+        self._quiet_now: _Quiet | None = None
+        self._changes_since: Callable[[str], Sequence[_Change] | None] | None = None
         self._key_of: tuple[int, str] | None = None
         self._listed: _ListedOnce | None = None
         self._parse_log: _ParseLog | None = None
@@ -167,12 +172,14 @@ class PassMemo:
         only: frozenset[str] | None = None,
         base_rev: str | None = None,
         changed_since: Callable[[str], frozenset[str] | None] | None = None,
+        changes_since: Callable[[str], Sequence[_Change] | None] | None = None,
     ) -> PassMemo:
         """The memo kept next to the workspace clone `git_dir` (empty when there is none or it
         cannot be read), for a pass over every policy or those named in `only`. Lists the
         host's open pull requests: a rollout with one is planned. `base_rev`, the commit the
         pass reads the base branch at, keys remembered mergeability (`_ListedOnce`), and
-        `changed_since` says what the base changed since an earlier commit."""
+        `changed_since` says what the base changed since an earlier commit, and
+        `changes_since` with the blob ids on either side."""
         path = git_dir.parent / (git_dir.name.removesuffix(".git") + SUFFIX)
         caches = caches if caches is not None else repository.Caches()
         stored = _read(path)
@@ -194,6 +201,7 @@ class PassMemo:
         heads = frozenset(p.head for p in pulls if p.state is PullState.OPEN)
         memo = cls(path, caches, stored, heads, only)
         memo._parse_log = parse_log
+        memo._changes_since = changes_since
         memo._listed = _ListedOnce(
             host,
             key,
@@ -235,11 +243,14 @@ class PassMemo:
         # Nothing moved since the pass that remembered the entries (same commit, inventory,
         # code): every entry holds, and only pull requests need a look.
         unmoved = self._stored_world is not None and self._world_now(facts) == self._stored_world
+        quiet = None if unmoved else self._quiet(facts)
         for doc, s in zip(docs, summaries, strict=True):
             keys = [RolloutKey(c, s.routing_namespace, s.model) for c in s.clusters]
             if any(k.branch(BRANCH_PREFIX) in self._open for k in keys):
                 return None
-            if not unmoved and self._inputs(s, facts) != doc.inputs:
+            if unmoved or (quiet is not None and all(map(quiet.untouched, keys))):
+                continue
+            if self._inputs(s, facts) != doc.inputs:
                 return None
         self._hits[path] = raw
         return summaries
@@ -274,27 +285,34 @@ class PassMemo:
         """A digest of every input of every rollout this pass: the commit (policies, manifests,
         routing files), the inventory (versions, readiness, reachability), the manifest problems
         and the code. None for a tree that is not a commit."""
-        # Everything but readiness and reachability follows from the commit (and the code).
-        if self._world_of != id(facts.inventory):
-            self._world_of = id(facts.inventory)
-            rev = getattr(facts.tree, "rev", None)
-            self._world = None
-            if isinstance(rev, str):
-                inventory = facts.inventory
-                digest = hashlib.sha256(f"{self._pass_key(facts)}:{rev}".encode())
-                digest.update(repr(sorted(inventory.unreachable.items())).encode())
-                digest.update(
-                    repr(
-                        [
-                            v.status
-                            for _, models in sorted(inventory.clusters.items())
-                            for versions in models.models.values()
-                            for v in versions
-                        ]
-                    ).encode()
-                )
-                self._world = digest.hexdigest()
-        return self._world
+        return self._standing_now(facts).world
+
+    def _standing_now(self, facts: Facts) -> _Standing:
+        """This pass's `_Standing` (once per inventory)."""
+        if self._standing is None or self._standing_of != id(facts.inventory):
+            self._standing_of = id(facts.inventory)
+            self._standing = _Standing.of(self._pass_key(facts), facts)
+        return self._standing
+
+    def _quiet(self, facts: Facts) -> _Quiet | None:
+        """What moved since the pass that remembered the entries, when only the commit and the
+        readiness of some versions did (once per inventory); None: every entry is checked by
+        its digest."""
+        if self._quiet_of != id(facts.inventory):
+            self._quiet_of = id(facts.inventory)
+            self._quiet_now = None
+            before, now = self._stored_standing, self._standing_now(facts)
+            if (
+                before is not None
+                and before.rest == now.rest
+                and before.rev is not None
+                and now.rev is not None
+                and self._changes_since is not None
+            ):
+                changes = self._changes_since(before.rev)
+                if changes is not None:
+                    self._quiet_now = _Quiet.of(changes, before, now, self.caches.manifests)
+        return self._quiet_now
 
     # -- reporting -----------------------------------------------------------------------------
 
@@ -407,7 +425,8 @@ class PassMemo:
             parsed: dict[tuple[str, ...], Any] = {("m", *k): v for k, v in manifests.items()}
             parsed.update((("p", *k), v) for k, v in policies.items())
             self._parse_log.keep(parsed)
-        world = self._world_now(facts) if self._only is None else None
+        standing = self._standing_now(facts) if self._only is None else None
+        world = standing.world if standing is not None else None
         checks = self._listed.current_checks() if self._listed is not None else {}
         paths = self._listed.current_paths() if self._listed is not None else {}
         if (
@@ -423,9 +442,112 @@ class PassMemo:
                 "files": files,
                 "fields": fields,
                 "world": world,
+                "standing": standing,
                 "merge_checks": checks,
                 "merge_paths": paths,
             },
+        )
+
+
+_Change = tuple[str, str | None, str | None]
+"""(path, blob id before, blob id now; None where absent): `gitops.repo.Workspace.changes_since`."""
+
+
+@dataclass(frozen=True)
+class _Standing:
+    """What every remembered decision is made from, besides the policy files, in parts."""
+
+    rest: str
+    """Digest of the pass key (format, code, clusters), unreachable clusters and manifest
+    problems."""
+    rev: str | None
+    """The commit read; None for a tree that is not one."""
+    versions: dict[tuple[str, str, str, str], tuple[str, str, str, str | None]]
+    """{(cluster, kind, namespace, name): (model, readiness, reason, live version)} of every
+    version in the inventory."""
+
+    @classmethod
+    def of(cls, pass_key: str, facts: Facts) -> _Standing:
+        inventory = facts.inventory
+        rest = hashlib.sha256(pass_key.encode())
+        rest.update(repr(sorted(inventory.unreachable.items())).encode())
+        rest.update(repr(sorted(facts.broken.items())).encode())
+        versions = {
+            (cluster, v.ref.kind, v.ref.namespace, v.ref.name): (
+                v.model,
+                v.status.readiness.value,
+                v.status.reason,
+                v.status.version,
+            )
+            for cluster, models in sorted(inventory.clusters.items())
+            for found in models.models.values()
+            for v in found
+        }
+        rev = getattr(facts.tree, "rev", None)
+        return cls(rest.hexdigest(), rev if isinstance(rev, str) else None, versions)
+
+    @functools.cached_property
+    def world(self) -> str | None:
+        """All of it in one digest (None without a commit)."""
+        if self.rev is None:
+            return None
+        digest = hashlib.sha256(f"{self.rest}:{self.rev}".encode())
+        digest.update(repr(list(self.versions.items())).encode())
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class _Quiet:
+    """What moved between two passes whose only differences are the commit and the readiness
+    of some versions: a remembered rollout none of whose inputs moved keeps its digest.
+
+    A rollout's digest covers, per cluster, its own folder's files and the versions of its
+    model (`_inputs`). Versions come from the cluster's manifest files, parsed by blob id:
+    a changed manifest moves the models its old and new contents name. Anything harder to
+    pin down (a manifest whose parse is not at hand, one with a Service, which attaches to
+    other files' versions, or one with problems) moves its whole cluster.
+    """
+
+    folders: frozenset[str]
+    """Every folder a changed file lies in."""
+    models: frozenset[tuple[str, str]]
+    """(cluster, model) whose versions may have moved."""
+    clusters: frozenset[str]
+    """Clusters every rollout of which may have moved."""
+
+    @classmethod
+    def of(
+        cls, changes: Sequence[_Change], before: _Standing, now: _Standing, parsed: ManifestCache
+    ) -> _Quiet:
+        folders: set[str] = set()
+        models: set[tuple[str, str]] = set()
+        clusters: set[str] = set()
+        for path, old, new in changes:
+            parts = path.split("/")
+            folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+            place = manifest_place(path)
+            if place is None:
+                continue
+            cluster = place[0]
+            for blob in (old, new):
+                found = parsed.entries.get((path, blob)) if blob is not None else None
+                if blob is None:
+                    continue
+                if found is None or found.services or found.problems:
+                    clusters.add(cluster)
+                else:
+                    models.update((cluster, v.model) for v in found.versions)
+        for key in before.versions.keys() | now.versions.keys():
+            was, is_ = before.versions.get(key), now.versions.get(key)
+            if was != is_:
+                models.update((key[0], side[0]) for side in (was, is_) if side is not None)
+        return cls(frozenset(folders), frozenset(models), frozenset(clusters))
+
+    def untouched(self, key: RolloutKey) -> bool:
+        return (
+            key.cluster not in self.clusters
+            and (key.cluster, key.model) not in self.models
+            and key.folder not in self.folders
         )
 
 

@@ -887,6 +887,7 @@ def run_once(
             only=options.policies,
             base_rev=getattr(tree, "rev", None),
             changed_since=workspace.changed_since,
+            changes_since=workspace.changes_since,
         )
         if memoise and not options.commands and options.clusters is None
         else passmemo.PassMemo.disabled(caches)

@@ -548,11 +548,29 @@ class Workspace:
     def changed_since(self, older: str) -> frozenset[str] | None:
         """The files origin/<base> changed since its earlier commit `older`; None when `older`
         is not an earlier commit of it (unknown here, or the branch was rewritten)."""
+        changes = self.changes_since(older)
+        return None if changes is None else frozenset(path for path, _, _ in changes)
+
+    def changes_since(self, older: str) -> list[tuple[str, str | None, str | None]] | None:
+        """(path, blob id in `older`, blob id now; None where absent) of every file
+        origin/<base> changed since its earlier commit `older`; None when `older` is not an
+        earlier commit of it (unknown here, or the branch was rewritten)."""
         code, _, _ = self._run_status("merge-base", "--is-ancestor", older, self.base_sha)
         if code != 0:
             return None
-        out = self._run("diff", "--name-only", "--no-renames", "-z", older, self.base_sha)
-        return frozenset(p.decode(errors="surrogateescape") for p in out.split(b"\0") if p)
+        out = self._run("diff", "--raw", "--no-abbrev", "--no-renames", "-z", older, self.base_sha)
+        fields = out.split(b"\0")
+        changes = []
+        for meta, path in zip(fields[::2], fields[1::2], strict=False):
+            _, _, old, new, _ = meta.decode().split(" ")
+            changes.append(
+                (
+                    path.decode(errors="surrogateescape"),
+                    None if set(old) == {"0"} else old,
+                    None if set(new) == {"0"} else new,
+                )
+            )
+        return changes
 
     def remote_heads(self) -> dict[str, str]:
         """{bot branch: sha} on the remote as of the last fetch (or our last push)."""

@@ -254,16 +254,24 @@ def scan(
     return inventory, problems
 
 
+def manifest_place(path: str) -> tuple[str, str] | None:
+    """(cluster, namespace folder) of a path the scan reads as a manifest; None for others."""
+    if not path.endswith(_YAML) or is_bot_owned(path):
+        return None
+    parts = path.split("/")
+    if len(parts) < 4 or parts[0] != CLUSTERS:
+        return None
+    if parts[-1] in ("kustomization.yaml", "kustomization.yml"):
+        return None
+    return parts[1], parts[2]
+
+
 def _manifest_files(tree: Tree) -> list[tuple[str, str, str, tuple[str, str]]]:
     """(path, cluster, namespace folder, cache key) of every manifest file the scan reads."""
     files = []
     for path in tree.paths(CLUSTERS):
-        if not path.endswith(_YAML) or is_bot_owned(path):
-            continue
-        parts = path.split("/")
-        if len(parts) < 4 or parts[-1] in ("kustomization.yaml", "kustomization.yml"):
-            continue
-        files.append((path, parts[1], parts[2], (path, tree.blob_id(path))))
+        if (place := manifest_place(path)) is not None:
+            files.append((path, *place, (path, tree.blob_id(path))))
     return files
 
 

@@ -408,3 +408,39 @@ def test_the_parse_log_keeps_what_it_read_before_a_damaged_frame(
     # Another release of the code: nothing it parsed is used.
     monkeypatch.setattr(passmemo, "_code", lambda: "another release")
     assert passmemo._ParseLog.read(path)[1] == {}
+
+
+def test_after_a_small_change_only_what_it_touched_is_checked_again(
+    world: Any, sides: list[Side], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit moved (a new candidate for one model) and its readiness came with it: the
+    remembered rollouts of other models keep their digests unread, and the passes still
+    decide like full ones."""
+    for _ in range(4):
+        both(sides, world)
+    checked: list[str] = []
+    real = passmemo.PassMemo._inputs
+
+    def counting(self: passmemo.PassMemo, s: Any, facts: Any) -> str:
+        checked.append(s.model)
+        return real(self, s, facts)
+
+    monkeypatch.setattr(passmemo.PassMemo, "_inputs", counting)
+    idle = [m for m in world.models if not m.candidate and len(m.clusters) == 1]
+    fresh = idle[0]
+
+    def candidate(root: Path) -> None:
+        folder = root / "clusters" / fresh.clusters[0] / fresh.namespace
+        (folder / fresh.name / f"{fresh.name}-v2.yaml").write_text(
+            scale.manifest_text(fresh, 2, role="candidate")
+        )
+
+    on_both(sides, "a new candidate", candidate)
+    fresh.candidate, fresh.candidate_ready = True, True
+    scale.write_inventory(world)
+    took = both(sides, world)
+    assert took > 0
+    # Only the rollouts the change touched had their inputs read again (the candidate's
+    # model, and those whose folders the pass before changed), not every remembered one.
+    assert fresh.name not in checked or checked.count(fresh.name) <= len(fresh.clusters)
+    assert len(checked) < took / 2, checked

@@ -392,6 +392,28 @@ def test_head_the_bot_did_not_push_is_a_human_edit_even_with_the_bot_identity(
     assert edit.commits == () and "not at what gitops-rollout last pushed" in edit.describe()
 
 
+def test_changes_since_names_each_file_with_its_blob_before_and_now(
+    workspace: Workspace, remote: Remote
+) -> None:
+    before = workspace.base_sha
+    old = workspace.tree()
+    gone = sorted(old.paths("clusters"))[0]
+    remote.commit({ROUTING: "spec: {w: 99}\n", "docs/new file.md": "hi\n", gone: None})
+    workspace.fetch()
+    now = workspace.tree()
+    changes = sorted(workspace.changes_since(before) or [])
+    assert changes == sorted(
+        [
+            (ROUTING, old.blob_id(ROUTING), now.blob_id(ROUTING)),
+            ("docs/new file.md", None, now.blob_id("docs/new file.md")),
+            (gone, old.blob_id(gone), None),
+        ]
+    )
+    assert workspace.changed_since(before) == {c[0] for c in changes}
+    assert workspace.changes_since(workspace.base_sha) == []
+    assert workspace.changes_since("0" * 40) is None  # not an earlier commit of the base
+
+
 def test_merged_bot_branch_is_not_a_human_edit(workspace: Workspace, remote: Remote) -> None:
     [pushed] = workspace.publish([request(workspace, step(10))], now=T0)
     git("--git-dir", str(remote.path), "update-ref", "refs/heads/main", pushed.sha or "")
