@@ -503,9 +503,10 @@ class _Quiet:
 
     A rollout's digest covers, per cluster, its own folder's files and the versions of its
     model (`_inputs`). Versions come from the cluster's manifest files, parsed by blob id:
-    a changed manifest moves the models its old and new contents name. Anything harder to
-    pin down (a manifest whose parse is not at hand, one with a Service, which attaches to
-    other files' versions, or one with problems) moves its whole cluster.
+    a changed manifest moves the models its old and new contents name, and a Service in it
+    moves every model with a version in the Service's namespace (Services attach to the
+    versions of other files). A manifest whose parse is not at hand moves its whole cluster.
+    Manifest problems and unreachable clusters are in `_Standing.rest`, which must not move.
     """
 
     folders: frozenset[str]
@@ -522,6 +523,7 @@ class _Quiet:
         folders: set[str] = set()
         models: set[tuple[str, str]] = set()
         clusters: set[str] = set()
+        namespaces: set[tuple[str, str]] = set()
         for path, old, new in changes:
             parts = path.split("/")
             folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
@@ -533,10 +535,15 @@ class _Quiet:
                 found = parsed.entries.get((path, blob)) if blob is not None else None
                 if blob is None:
                     continue
-                if found is None or found.services or found.problems:
+                if found is None:
                     clusters.add(cluster)
-                else:
-                    models.update((cluster, v.model) for v in found.versions)
+                    continue
+                models.update((cluster, v.model) for v in found.versions)
+                namespaces.update((cluster, service[0]) for service in found.services)
+        for side in (before, now):
+            for key, (model, *_) in side.versions.items():
+                if (key[0], key[2]) in namespaces:
+                    models.add((key[0], model))
         for key in before.versions.keys() | now.versions.keys():
             was, is_ = before.versions.get(key), now.versions.get(key)
             if was != is_:
