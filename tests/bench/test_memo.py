@@ -444,3 +444,72 @@ def test_after_a_small_change_only_what_it_touched_is_checked_again(
     # model, and those whose folders the pass before changed), not every remembered one.
     assert fresh.name not in checked or checked.count(fresh.name) <= len(fresh.clusters)
     assert len(checked) < took / 2, checked
+
+
+def _standing(versions: dict[tuple[str, str, str, str], tuple[str, str, str, str | None]]) -> Any:
+    return passmemo._Standing("rest", "rev", versions)
+
+
+def _parsed(*models: str, services: tuple[str, ...] = ()) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        versions=[SimpleNamespace(model=m) for m in models],
+        services=[(ns, "svc", {}, ()) for ns in services],
+        problems=(),
+    )
+
+
+def test_quiet_moves_exactly_what_a_change_can_reach() -> None:
+    """`_Quiet` is what lets a remembered rollout keep its digest unread: every input of the
+    digest that moved must move the rollout."""
+    from gitops_rollout.inventory.manifests import ManifestCache
+    from gitops_rollout.planning import RolloutKey
+
+    ready = ("Ready", "", None)
+    before = _standing(
+        {
+            ("c1", "Deployment", "ns", "a-v1"): ("a", *ready),
+            ("c1", "Deployment", "ns", "b-v1"): ("b", *ready),
+            ("c1", "Deployment", "other", "c-v1"): ("c", *ready),
+            ("c2", "Deployment", "ns", "d-v1"): ("d", *ready),
+            ("c2", "Deployment", "ns", "e-v1"): ("e", *ready),
+        }
+    )
+    now = _standing(
+        {
+            **before.versions,
+            ("c2", "Deployment", "ns", "d-v1"): ("d", "NotReady", "crash", None),  # readiness
+            ("c2", "Deployment", "ns", "f-v2"): ("f", *ready),  # a new version
+        }
+    )
+    cache = ManifestCache(
+        {
+            ("clusters/c1/ns/a/a-v1.yaml", "old"): _parsed("a"),
+            ("clusters/c1/ns/a/a-v1.yaml", "new"): _parsed("a", "g"),  # now names g too
+            ("clusters/c1/other/svc.yaml", "new"): _parsed(services=("other",)),
+        }
+    )
+    changes = [
+        ("clusters/c1/ns/a/a-v1.yaml", "old", "new"),
+        ("clusters/c1/other/svc.yaml", None, "new"),  # a Service: its namespace's models
+        ("clusters/c3/ns/x/x.yaml", "gone", None),  # no parse at hand: the whole cluster
+        ("clusters/c2/ns/h/rollout/routing.yaml", "r1", "r2"),  # a rollout folder
+        ("policies/p.yaml", "p1", "p2"),  # not a manifest
+    ]
+    quiet = passmemo._Quiet.of(changes, before, now, cache)
+    moved = {
+        (cluster, model)
+        for cluster in ("c1", "c2", "c3")
+        for model in "abcdefghx"
+        if not quiet.untouched(RolloutKey(cluster, "ns", model))
+    }
+    assert moved == {
+        ("c1", "a"),
+        ("c1", "g"),
+        ("c1", "c"),  # a version in the Service's namespace
+        ("c2", "d"),
+        ("c2", "f"),
+        ("c2", "h"),
+        *{("c3", m) for m in "abcdefghx"},
+    }
