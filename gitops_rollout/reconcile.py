@@ -867,17 +867,21 @@ def run_once(
     """
     started = time.monotonic()
     report = PassReport()
+    # The inventory is read first: a fetch begun in the background runs on meanwhile.
+    unread: RolloutError | None = None
+    try:
+        statuses, unreachable = inventory()
+    except RolloutError as err:
+        unread = err
     try:
         workspace.fetch()
         tree = workspace.tree()
     except RolloutError as err:
         report.error("git", str(err))
         return report
-    try:
-        statuses, unreachable = inventory()
-    except RolloutError as err:
-        report.error("inventory", str(err))
-        statuses, unreachable = {}, {c: str(err) for c in _clusters(tree)}
+    if unread is not None:
+        report.error("inventory", str(unread))
+        statuses, unreachable = {}, {c: str(unread) for c in _clusters(tree)}
     memo = (
         passmemo.PassMemo.open(
             workspace.git_dir,

@@ -513,3 +513,44 @@ def test_quiet_moves_exactly_what_a_change_can_reach() -> None:
         ("c2", "h"),
         *{("c3", m) for m in "abcdefghx"},
     }
+
+
+def test_an_unreadable_inventory_holds_every_cluster_and_a_failed_fetch_says_only_that(
+    world: Any, sides: list[Side], tmp_path: Path
+) -> None:
+    """The inventory is read before the fetch is waited for; its failure is reported once the
+    repository could be read (every cluster then counts as unreachable), and not at all when
+    the fetch failed: the pass stops at git."""
+    from gitops_rollout.errors import RolloutError
+
+    _, full = sides
+    calls: list[str] = []
+
+    def unreadable() -> Any:
+        calls.append("inventory")
+        raise RolloutError("the snapshot cannot be read")
+
+    before = full.state()
+    with Workspace.open(str(full.remote), cache_dir=full.root / "cache") as ws:
+        report = reconcile.run_once(
+            workspace=ws,
+            host=full.host(),
+            options=reconcile.PassOptions(now=full.now),
+            inventory=unreadable,
+            memoise=False,
+        )
+    assert report.errors == {"inventory": ["the snapshot cannot be read"]}
+    assert report.decisions and all(d.outcome == "none" for d in report.decisions)
+    assert full.state() == before  # nothing proposed from clusters it could not see
+
+    (tmp_path / "gone.git").mkdir()
+    with Workspace.open(str(tmp_path / "gone.git"), cache_dir=tmp_path / "cache") as ws:
+        report = reconcile.run_once(
+            workspace=ws,
+            host=full.host(),
+            options=reconcile.PassOptions(now=full.now),
+            inventory=unreadable,
+            memoise=False,
+        )
+    assert list(report.errors) == ["git"] and not report.decisions
+    assert calls == ["inventory", "inventory"]
