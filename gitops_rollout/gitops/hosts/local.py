@@ -297,7 +297,7 @@ class _PlainMerges:
             return None
         try:
             self.tree = treemerge.apply(self.tree, changes, read=self._read, write=self._write)
-        except ValueError:
+        except (ValueError, RolloutError):  # a file where a folder is needed; an unreadable tree
             return None
         self._merged.add(c.path for c in changes)
         return self.tree
@@ -934,7 +934,7 @@ class LocalHost:
         try:
             try:
                 plain: _PlainMerges | None = _PlainMerges(self._git, objects, tip, heads, store)
-            except (HostError, ValueError) as err:
+            except (RolloutError, ValueError) as err:
                 log.info("pull requests into %s merged by git alone: %s", tip[:12], err)
                 plain = None
             yield plain
