@@ -67,7 +67,7 @@ from gitops_rollout.tree import Tree
 
 log = logging.getLogger(__name__)
 
-FORMAT = 4
+FORMAT = 5
 """Bumped when the file's layout changes."""
 
 STILL = (Phase.IDLE, Phase.ROLLED_BACK, Phase.PAUSED)
@@ -135,8 +135,9 @@ class PassMemo:
         """Plain tuples as stored (`_File` fields, `_Doc` fields): cheap to read."""
         self._fields: tuple[str, ...] = stored.get("fields", ())
         self._stored_world: str | None = stored.get("world")
-        self._stored_standing: _Standing | None = stored.get("standing")
-        """What the stored entries were decided from, part by part (`_quiet`)."""
+        self._stored_standing: tuple[str, str | None, bytes] | None = stored.get("standing")
+        """What the stored entries were decided from, part by part (`_Standing.kept`): its
+        versions are unpickled only when `_quiet` needs them."""
         self._stored_checks: dict[int, tuple[str, str, bool]] = stored.get("merge_checks", {})
         self._stored_paths: dict[int, tuple[str, ...]] = stored.get("merge_paths", {})
         self._open = open_heads
@@ -301,16 +302,17 @@ class PassMemo:
         if self._quiet_of != id(facts.inventory):
             self._quiet_of = id(facts.inventory)
             self._quiet_now = None
-            before, now = self._stored_standing, self._standing_now(facts)
+            kept, now = self._stored_standing, self._standing_now(facts)
             if (
-                before is not None
-                and before.rest == now.rest
-                and before.rev is not None
+                kept is not None
+                and kept[0] == now.rest
+                and kept[1] is not None
                 and now.rev is not None
                 and self._changes_since is not None
             ):
-                changes = self._changes_since(before.rev)
+                changes = self._changes_since(kept[1])
                 if changes is not None:
+                    before = _Standing.from_kept(kept)
                     self._quiet_now = _Quiet.of(changes, before, now, self.caches.manifests)
         return self._quiet_now
 
@@ -442,7 +444,7 @@ class PassMemo:
                 "files": files,
                 "fields": fields,
                 "world": world,
-                "standing": standing,
+                "standing": standing.kept() if standing is not None else None,
                 "merge_checks": checks,
                 "merge_paths": paths,
             },
@@ -485,6 +487,15 @@ class _Standing:
         }
         rev = getattr(facts.tree, "rev", None)
         return cls(rest.hexdigest(), rev if isinstance(rev, str) else None, versions)
+
+    def kept(self) -> tuple[str, str | None, bytes]:
+        """What the memo file keeps: the versions pickled apart, read only when needed."""
+        return (self.rest, self.rev, pickle.dumps(self.versions, protocol=5))
+
+    @classmethod
+    def from_kept(cls, kept: tuple[str, str | None, bytes]) -> _Standing:
+        # Written by this program into its own cache directory (see `_read`).
+        return cls(kept[0], kept[1], pickle.loads(kept[2]))  # noqa: S301
 
     @functools.cached_property
     def world(self) -> str | None:
