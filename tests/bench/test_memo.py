@@ -530,27 +530,20 @@ def test_an_unreadable_inventory_holds_every_cluster_and_a_failed_fetch_says_onl
         calls.append("inventory")
         raise RolloutError("the snapshot cannot be read")
 
+    def run(remote: Path, cache: Path) -> reconcile.PassReport:
+        with Workspace.open(str(remote), cache_dir=cache) as ws:
+            options = reconcile.PassOptions(now=full.now)
+            return reconcile.run_once(
+                workspace=ws, host=full.host(), options=options, inventory=unreadable, memoise=False
+            )
+
     before = full.state()
-    with Workspace.open(str(full.remote), cache_dir=full.root / "cache") as ws:
-        report = reconcile.run_once(
-            workspace=ws,
-            host=full.host(),
-            options=reconcile.PassOptions(now=full.now),
-            inventory=unreadable,
-            memoise=False,
-        )
+    report = run(full.remote, full.root / "cache")
     assert report.errors == {"inventory": ["the snapshot cannot be read"]}
     assert report.decisions and all(d.outcome == "none" for d in report.decisions)
     assert full.state() == before  # nothing proposed from clusters it could not see
 
     (tmp_path / "gone.git").mkdir()
-    with Workspace.open(str(tmp_path / "gone.git"), cache_dir=tmp_path / "cache") as ws:
-        report = reconcile.run_once(
-            workspace=ws,
-            host=full.host(),
-            options=reconcile.PassOptions(now=full.now),
-            inventory=unreadable,
-            memoise=False,
-        )
+    report = run(tmp_path / "gone.git", tmp_path / "cache")
     assert list(report.errors) == ["git"] and not report.decisions
     assert calls == ["inventory", "inventory"]
