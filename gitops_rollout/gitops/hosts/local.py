@@ -342,6 +342,8 @@ class LocalHost:
         self._attempts = max(1, max_merge_attempts)
         self._dir = self.bare / PULLS_DIR
         self._merging_file = self.bare / MERGING_FILE
+        self._journal: dict[int, str] | None = None
+        """`_merging` as read under the lock, until it is released."""
         self._index = self.bare / INDEX_DIR
         self._mark = self.bare / INDEX_MARK
         self._held = 0
@@ -724,6 +726,7 @@ class LocalHost:
                 yield
             finally:
                 self._held = 0
+                self._journal = None
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _path(self, number: int) -> Path:
@@ -744,17 +747,23 @@ class LocalHost:
 
     def _merging(self) -> dict[int, str]:
         """{number: merge commit} of merges a batch was making when it last moved a base
-        (`merge_many`); whether each landed is for `_sync` to find out."""
+        (`merge_many`); whether each landed is for `_sync` to find out. Read once while the
+        lock is held (a batch asks for each of its pull requests)."""
+        if self._held and self._journal is not None:
+            return dict(self._journal)
         try:
             data = json.loads(self._merging_file.read_text())
         except FileNotFoundError:
-            return {}
+            data = {}
         except (OSError, ValueError) as err:
             raise HostError(
                 f"{self._merging_file} cannot be read ({err}); it names merges that may have "
                 "landed: fix or delete it (each pull request's next look decides anew)"
             ) from err
-        return {int(number): str(sha) for number, sha in data.get("merging", {}).items()}
+        journal = {int(number): str(sha) for number, sha in data.get("merging", {}).items()}
+        if self._held:
+            self._journal = journal
+        return dict(journal)
 
     def _write_merging(self, merging: dict[int, str], adding: dict[int, str] | None = None) -> None:
         """Keep `merging` (without entries whose pull request is no longer open) and `adding`."""
@@ -768,6 +777,8 @@ class LocalHost:
             _write_json(self._merging_file, {"format": _FORMAT, "merging": kept})
         else:
             self._merging_file.unlink(missing_ok=True)
+        if self._held:
+            self._journal = kept
 
     def _save(self, record: PullRecord) -> None:
         _write_json(self._path(record.number), record.to_json())
