@@ -85,11 +85,6 @@ class Touched:
         )
 
 
-def apart(ours: Iterable[str], theirs: Iterable[str]) -> bool:
-    """True when no path of `ours` is a path of `theirs` or lies below or above one."""
-    return not Touched(theirs).meets(ours)
-
-
 def _folders(path: str) -> Iterable[str]:
     """The folders `path` lies in: ``a``, ``a/b`` for ``a/b/c``."""
     return (path[:i] for i, c in enumerate(path) if c == "/")

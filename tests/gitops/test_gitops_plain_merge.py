@@ -932,8 +932,8 @@ def test_parse_diffs_reads_what_diff_tree_writes(tmp_path: Path) -> None:
     ],
 )
 def test_apart(ours: list[str], theirs: list[str], apart: bool) -> None:
-    assert treemerge.apart(ours, theirs) is apart
-    assert treemerge.apart(theirs, ours) is apart
+    assert treemerge.Touched(theirs).meets(ours) is not apart
+    assert treemerge.Touched(ours).meets(theirs) is not apart
 
 
 def test_touched_keeps_track_of_paths_added_later() -> None:
