@@ -9,9 +9,10 @@ force-pushed with a lease on the sha we last fetched; all of a pass's branches g
 A branch someone else committed to is never overwritten.
 
 Everything the pass needs to remember survives a restart: it is in the remote, or in the cache
-(refs ``refs/gitops-rollout/pushed/<branch>``, and a file naming the commits of a push under
-way). Pull requests are the hosts' business (`gitops.hosts`); what the commits say is
-`gitops.pr_body`'s.
+(one file naming the commits the bot pushed, or was about to push: `_PUSHED`). After a push
+the remote-tracking refs are written on a thread of their own while the caller opens pull
+requests; every method that reads or writes refs waits for it first. Pull requests are the
+hosts' business (`gitops.hosts`); what the commits say is `gitops.pr_body`'s.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, Any, BinaryIO, TypeVar, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import git
@@ -50,14 +51,30 @@ from gitops_rollout.tree import GitTree, blob_id
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 BRANCH_PREFIX = "gitops-rollout/"
 """Every bot branch starts with this; nothing else on the remote is pushed by the bot."""
 
 _LOCAL = "refs/gitops-rollout/"
-"""Cache-only refs: pushed/<branch> (pushed by us)."""
+"""Cache-only refs: fast-import's `_SCRATCH`, no other (what the bot pushed is `_PUSHED`)."""
 
-_PENDING = "gitops-rollout-pending"
-"""Inside the cache clone: {branch: sha} of a push under way (about to push, not yet recorded)."""
+_PUSHED = "gitops-rollout-pushed"
+"""Inside the cache clone: JSON ``{branch: [commit, ...]}``, the commits of each bot branch that
+the remote may hold from us. Before a push each commit about to go is added beside the
+branch's previous one (the push may fail and the remote keep that); afterwards the branch is
+settled to what the remote has from us. A head not listed for a listed branch is someone
+else's (`Workspace.human_edits`). One file replaced whole, twice a push: a ref per branch
+costs git about 1 ms to write. The file keeps no commit reachable, as refs did: the
+remote-tracking refs reach what was pushed once written (`Workspace._track`), and the commits
+are on the remote in any case; a record only compares shas."""
+
+_OLD_PUSHED = _LOCAL + "pushed/"
+"""Where caches of earlier versions recorded pushes, one ref per branch; moved into `_PUSHED`
+(and deleted) on first use, with `_OLD_PENDING` (`Workspace._migrate_records`)."""
+
+_OLD_PENDING = "gitops-rollout-pending"
+"""Earlier versions' file of a push under way: {branch: sha} about to push, not yet recorded."""
 
 _PUSH_VIEW = "gitops-rollout-push.git"
 """Inside the cache clone: the ref-less repository pushes go from (`Workspace._push_view`)."""
@@ -366,9 +383,13 @@ class Workspace:
         self._git = git.Git()
         self._base_sha: str | None = None
         self._heads: dict[str, str] | None = None
-        """`remote_heads` as last read; dropped by a fetch or a ref update."""
+        """`remote_heads` as last read, with our pushes since; dropped by a fetch."""
         self._tree: GitTree | None = None
         self._fetching: Future[str] | None = None
+        self._tracking: Future[None] | None = None
+        """The remote-tracking refs of the last push, written in the background (`_track`)."""
+        self._ours: dict[str, list[str]] | None = None
+        """`_PUSHED` as last read or written."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -457,12 +478,18 @@ class Workspace:
         self._run("config", "remote.origin.tagOpt", "--no-tags", git_dir=git_dir)
 
     def close(self) -> None:
-        """Wait for a fetch begun in the background, stop the tree reader and release the
-        cache lock (also released if the process dies)."""
+        """Wait for a fetch begun in the background and for the remote-tracking refs of the
+        last push, stop the tree reader and release the cache lock (also released if the
+        process dies). A failure to write those refs is logged, not raised: the pushes went
+        through, and the next fetch writes the refs (a pass's result stands)."""
         pending, self._fetching = self._fetching, None
         if pending is not None:
             with contextlib.suppress(Exception):
                 pending.result()
+        try:
+            self._wait_refs()
+        except GitWriteError as err:
+            log.warning("%s", err)
         if self._tree is not None:
             self._tree.close()
             self._tree = None
@@ -497,20 +524,13 @@ class Workspace:
         while this one goes on, and the next `fetch` waits for it rather than fetching again."""
         if self._fetching is not None:
             return
-        future: Future[str] = Future()
-
-        def run() -> None:
-            try:
-                future.set_result(self._fetch())
-            except BaseException as err:  # handed to whoever waits for it
-                future.set_exception(err)
-
-        self._fetching = future
-        threading.Thread(target=run, name="gitops-rollout-fetch", daemon=True).start()
+        self._wait_refs()
+        self._fetching = _in_background("gitops-rollout-fetch", self._fetch)
 
     def fetch(self) -> str:
         """Fetch the base branch and the bot's branches (pruning deleted ones); the base sha.
         A fetch begun with `start_fetch` is waited for instead."""
+        self._wait_refs()
         pending, self._fetching = self._fetching, None
         if pending is not None:
             return pending.result()
@@ -555,6 +575,7 @@ class Workspace:
         """(path, blob id in `older`, blob id now; None where absent) of every file
         origin/<base> changed since its earlier commit `older`; None when `older` is not an
         earlier commit of it (unknown here, or the branch was rewritten)."""
+        self._wait_refs()
         code, _, _ = self._run_status("merge-base", "--is-ancestor", older, self.base_sha)
         if code != 0:
             return None
@@ -574,8 +595,9 @@ class Workspace:
 
     def remote_heads(self) -> dict[str, str]:
         """{bot branch: sha} on the remote as of the last fetch (or our last push)."""
+        self._wait_refs()
         if self._heads is None:
-            # Kept until a fetch or a ref update: a pass asks four times.
+            # Kept until a fetch (a push updates it): a pass asks four times.
             prefix = f"refs/remotes/origin/{BRANCH_PREFIX}"
             out = self._run("for-each-ref", "--format=%(objectname) %(refname)", prefix)
             self._heads = {}
@@ -601,6 +623,7 @@ class Workspace:
         dated `now`. With a signing key the commits are made by one signed ``git
         commit-tree`` each.
         """
+        self._wait_refs()
         base = self.base_sha
         branches = [r.branch for r in requests]
         if len(set(branches)) != len(branches):
@@ -768,8 +791,10 @@ class Workspace:
 
         A branch counts as edited when a commit beyond origin/<base> is not authored and
         committed by the bot identity, or when its head is not a commit this cache pushed
-        (or was about to push) while we have a record for it. One git call for all branches.
+        (or was about to push) while we have a record for it (`_PUSHED`). One git call for
+        all branches.
         """
+        self._wait_refs()
         heads = self.remote_heads()
         wanted = sorted(heads if branches is None else set(branches) & heads.keys())
         if not wanted:
@@ -787,7 +812,7 @@ class Workspace:
                 continue
             sha, parents, author, committer = record.split("\x1f")
             graph[sha] = (parents.split(), author.lower(), committer.lower())
-        records = self._records()
+        records = self._pushed()
         bot = self._o.identity.email.lower()
         found: dict[str, HumanEdit] = {}
         for branch in wanted:
@@ -796,7 +821,7 @@ class Workspace:
             if not mine:
                 continue  # merged (or never diverged): nothing of anyone's to lose
             foreign = [c for c in mine if graph[c][1] != bot or graph[c][2] != bot]
-            known = records.get(branch, set())
+            known = records.get(branch, [])
             if foreign or (known and head not in known):
                 authors = sorted({graph[c][1] for c in foreign} | {graph[c][2] for c in foreign})
                 found[branch] = HumanEdit(
@@ -804,21 +829,60 @@ class Workspace:
                 )
         return found
 
-    def _records(self) -> dict[str, set[str]]:
-        out = self._run("for-each-ref", "--format=%(objectname) %(refname)", f"{_LOCAL}pushed/")
-        records: dict[str, set[str]] = {}
+    def _pushed(self) -> dict[str, list[str]]:
+        """{branch: commits} the remote may hold from us (`_PUSHED`): read once, and moved
+        there from an earlier version's refs on first use."""
+        if self._ours is None:
+            path = self.git_dir / _PUSHED
+            try:
+                text = path.read_text()
+            except FileNotFoundError:
+                return self._migrate_records()
+            except OSError as err:
+                raise _unreadable(path, f"cannot be read ({err})") from err
+            self._ours = _parse_pushed(path, text)
+        return self._ours
+
+    def _migrate_records(self) -> dict[str, list[str]]:
+        """Fold an earlier version's records (a ref per pushed branch under `_OLD_PUSHED`,
+        and `_OLD_PENDING`) into `_PUSHED`, then delete them: written even when there were
+        none, so the next process need not look again. Without them an upgrade would take
+        the heads the bot pushed for a human's."""
+        out = self._run("for-each-ref", "--format=%(objectname) %(refname)", _OLD_PUSHED)
+        record: dict[str, list[str]] = {}
+        refs = []
         for line in out.decode().splitlines():
             sha, _, ref = line.partition(" ")
-            records.setdefault(ref.removeprefix(f"{_LOCAL}pushed/"), set()).add(sha)
-        for branch, sha in self._pending().items():
-            records.setdefault(branch, set()).add(sha)
-        return records
+            record[ref.removeprefix(_OLD_PUSHED)] = [sha]
+            refs.append(ref)
+        pending = self.git_dir / _OLD_PENDING
+        for branch, sha in _read_old_pending(pending).items():
+            record[branch] = _with(record.get(branch, []), sha)
+        self._write_pushed(record)
+        self._update_refs([(ref, None) for ref in refs])
+        pending.unlink(missing_ok=True)
+        if record:
+            log.info("moved the records of %d pushed branch(es) into %s", len(record), _PUSHED)
+        return record
+
+    def _write_pushed(self, record: dict[str, list[str]]) -> None:
+        """Replace `_PUSHED` with `record` (a temporary file renamed over it: whole or not)."""
+        path = self.git_dir / _PUSHED
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(record, sort_keys=True, separators=(",", ":")))
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise GitWriteError(f"could not record the commits pushed in {path}: {err}") from err
+        self._ours = record
 
     # -- pushing -----------------------------------------------------------------------------
 
     def publish(self, requests: Sequence[CommitRequest], *, now: datetime) -> list[PushResult]:
         """Commit and push a pass's change sets (`commit`, then `push`), skipping before any
         commit is built what needs none: empty, already on the remote, edited by a human."""
+        self._wait_refs()
         settled, todo = self._settle(requests)
         results = {r.branch: r for r in settled}
         results.update((r.branch, r) for r in self._push_loop(self.commit(todo, now=now), now))
@@ -832,6 +896,7 @@ class Workspace:
         retried, up to `max_attempts` times with jittered backoff. Human-edited branches,
         empty commits and branches that already hold the change are not pushed.
         """
+        self._wait_refs()
         settled, todo = self._settle([b.request for b in built])
         results = {r.branch: r for r in settled}
         keep = {r.branch for r in todo}
@@ -840,12 +905,25 @@ class Workspace:
         return [results[b.branch] for b in built]
 
     def _push_loop(self, built: Sequence[BuiltCommit], now: datetime) -> list[PushResult]:
+        """Push `built` (`_push_attempts`), leaving the remote-tracking refs of what went to
+        a thread (`_track`)."""
+        pushed: dict[str, str] = {}
+        results = self._push_attempts(built, now, pushed)
+        self._track(pushed)
+        return results
+
+    def _push_attempts(
+        self, built: Sequence[BuiltCommit], now: datetime, pushed: dict[str, str]
+    ) -> list[PushResult]:
+        """Push `built`, fetching, rebuilding and retrying what moved meanwhile; `pushed`
+        learns {branch: sha} of what was pushed since the last fetch."""
         results: dict[str, PushResult] = {}
         pending = list(built)
         for attempt in range(self._o.max_attempts):
             if attempt:
                 self._sleep(attempt)
                 self.fetch()
+                pushed.clear()  # the fetch wrote what the remote holds
                 settled, todo = self._settle([b.request for b in pending])
                 results.update((r.branch, r) for r in settled)
                 pending = self.commit(todo, now=now)
@@ -861,7 +939,9 @@ class Workspace:
             for b, (ok, detail) in zip(ready, self._push_refs(ready), strict=True):
                 outcome = PushOutcome.PUSHED if ok else PushOutcome.REJECTED
                 results[b.branch] = PushResult(b.branch, outcome, b.sha if ok else None, detail)
-                if not ok and _RETRYABLE.search(detail):
+                if ok:
+                    pushed[b.branch] = b.sha
+                elif _RETRYABLE.search(detail):
                     retry.append(b)
             if not retry:
                 return list(results.values())
@@ -954,10 +1034,40 @@ class Workspace:
                 same.add(r.branch)
         return same
 
+    def _track(self, pushed: Mapping[str, str]) -> None:
+        """Point ``refs/remotes/origin/<branch>`` (what the next lease expects) at what was
+        pushed, in one ``update-ref`` on a thread of its own: the caller opens pull requests
+        meanwhile (a loose ref costs git about 1 ms to write). `remote_heads` already answers
+        with them; every method that reads or writes refs waits for the thread first
+        (`_wait_refs`)."""
+        if not pushed:
+            return
+        updates = [(f"refs/remotes/origin/{branch}", sha) for branch, sha in pushed.items()]
+        self._tracking = _in_background("gitops-rollout-refs", lambda: self._update_refs(updates))
+
+    def _wait_refs(self) -> None:
+        """Wait for the remote-tracking refs `_track` is writing; raise its failure, once."""
+        pending, self._tracking = self._tracking, None
+        if pending is None:
+            return
+        try:
+            pending.result()
+        except Exception as err:
+            raise GitWriteError(
+                f"the remote-tracking refs of the last push were not written ({err}); the "
+                "pushes went through, and the next fetch rewrites these refs"
+            ) from err
+
     def _push_refs(self, built: Sequence[BuiltCommit]) -> list[tuple[bool, str]]:
         """Push `built` (chunked) and return (accepted, git's words) per commit."""
         heads = self.remote_heads()
-        self._note_pending({b.branch: b.sha for b in built})
+        before = self._pushed()
+        # Recorded as ours before git pushes: should the process die once the push is under
+        # way, the next pass does not take these commits for a human's. The previous commit
+        # stays listed: the push may fail and the remote keep it.
+        self._write_pushed(
+            {**before, **{b.branch: _with(before.get(b.branch, []), b.sha) for b in built}}
+        )
         # Each commit goes by its sha to its full branch name. A branch new to the remote is
         # not forced: if one appeared meanwhile the push is rejected, just as a lease on
         # "absent" would be. An existing branch is force-moved, leased on the sha we last
@@ -985,15 +1095,20 @@ class Workspace:
                     raise GitWriteError(f"git push to {self.remote} failed: {_redact(err)}")
                 else:
                     status[b.branch] = (False, "git push did not report this branch")
+        # Settled to what the remote now has from us: the new commit, or the old one.
+        settled = dict(self._pushed())
         done = [b for b in built if status[b.branch][0]]
-        # The remote-tracking ref is what the next lease expects; "pushed" is what we own.
-        self._update_refs(
-            [(f"refs/remotes/origin/{b.branch}", b.sha) for b in done]
-            + [(f"{_LOCAL}pushed/{b.branch}", b.sha) for b in done]
-        )
-        self._drop_pending({b.branch for b in built})
-        pushed = len(done)
-        log.info("pushed %d of %d bot branch(es) to %s", pushed, len(built), self.remote)
+        for b in built:
+            if status[b.branch][0]:
+                settled[b.branch] = [b.sha]
+            elif b.branch in before:
+                settled[b.branch] = before[b.branch]
+            else:
+                settled.pop(b.branch, None)
+        self._write_pushed(settled)
+        if self._heads is not None:  # the remote-tracking refs follow (`_track`)
+            self._heads.update((b.branch, b.sha) for b in done)
+        log.info("pushed %d of %d bot branch(es) to %s", len(done), len(built), self.remote)
         return [status[b.branch] for b in built]
 
     def _push_view(self) -> Path:
@@ -1017,49 +1132,6 @@ class Workspace:
         alternates.write_text(borrowed)
         return view
 
-    def _pending(self) -> dict[str, str]:
-        """{branch: sha} this cache was about to push when a push did not finish."""
-        try:
-            data = json.loads((self.git_dir / _PENDING).read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as err:
-            raise GitWriteError(
-                f"{self.git_dir / _PENDING} cannot be read ({err}); it records pushes that "
-                "may not have finished: delete the cache directory to start afresh"
-            ) from err
-        if not isinstance(data, dict):
-            raise GitWriteError(
-                f"{self.git_dir / _PENDING} is not a JSON object; delete the cache directory "
-                "to start afresh"
-            )
-        return {str(k): str(v) for k, v in data.items()}
-
-    def _note_pending(self, shas: Mapping[str, str]) -> None:
-        """Record, before pushing, that `shas` are ours: should the process die before the
-        push is recorded, the next pass does not take them for a human's commits. One file
-        (replaced atomically), not one ref per branch: a ref costs git about 1 ms to write."""
-        self._write_pending({**self._pending(), **shas})
-
-    def _drop_pending(self, branches: set[str]) -> None:
-        pending = self._pending()
-        kept = {b: sha for b, sha in pending.items() if b not in branches}
-        if kept != pending:
-            self._write_pending(kept)
-
-    def _write_pending(self, shas: Mapping[str, str]) -> None:
-        path = self.git_dir / _PENDING
-        if not shas:
-            path.unlink(missing_ok=True)
-            return
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(dict(shas), sort_keys=True))
-            os.replace(tmp, path)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            raise GitWriteError(f"could not record the branches about to be pushed: {err}") from err
-
     # -- history -----------------------------------------------------------------------------
 
     def merge_time(self, paths: Iterable[str]) -> dict[str, datetime]:
@@ -1078,6 +1150,7 @@ class Workspace:
         wanted = set(paths)
         if not wanted:
             return {}
+        self._wait_refs()
         # Only `fetch` moves origin/<base>, and it records where to: no git call when known.
         head = self._base_sha or self._rev(f"refs/remotes/origin/{self._o.base}")
         if head is None:
@@ -1178,6 +1251,7 @@ class Workspace:
         wanted = set(values)
         if not wanted:
             return {}
+        self._wait_refs()
         fmt = f"--format=%H%x1f%P%x1f%ct%x1f%(trailers:key={key},valueonly,separator=%x1d)%x1e"
         out = self._run("log", fmt, f"refs/remotes/origin/{self._o.base}")
         graph: dict[str, tuple[list[str], int, list[str]]] = {}
@@ -1279,17 +1353,16 @@ class Workspace:
                 current = token
         return result
 
-    def _update_refs(
-        self, updates: Sequence[tuple[str, str | None]], *, git_dir: Path | None = None
-    ) -> None:
+    def _update_refs(self, updates: Sequence[tuple[str, str | None]]) -> None:
+        """Set (a sha) or delete (None) refs in one ``update-ref --stdin``; leaves `_heads`
+        to the caller (this may run on `_track`'s thread)."""
         if not updates:
             return
         lines = [
             f"update {ref} {sha}\n" if sha is not None else f"delete {ref}\n"
             for ref, sha in updates
         ]
-        self._heads = None
-        self._run("update-ref", "--stdin", stdin="".join(lines).encode(), git_dir=git_dir)
+        self._run("update-ref", "--stdin", stdin="".join(lines).encode())
 
     def _stream_tokens(self, args: Sequence[str]) -> Iterator[bytes]:
         """NUL-separated output of a long-running git command, stopped when the caller is."""
@@ -1367,6 +1440,65 @@ class Workspace:
 
 
 # -- module helpers --------------------------------------------------------------------------
+
+
+def _in_background(name: str, work: Callable[[], _T]) -> Future[_T]:
+    """Run `work` on a daemon thread named `name`; its result, or the exception it raised,
+    is the future's, for whoever waits for it."""
+    future: Future[_T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as err:  # handed to whoever waits for it
+            future.set_exception(err)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
+def _with(shas: list[str], sha: str) -> list[str]:
+    """`shas` with `sha` added at the end, once."""
+    return shas if sha in shas else [*shas, sha]
+
+
+def _unreadable(path: Path, what: str) -> GitWriteError:
+    return GitWriteError(
+        f"{path} {what}; it records the commits gitops-rollout pushed: delete it to start the "
+        "record afresh (until the next push, a bot branch is then judged by its commits' "
+        "authors alone)"
+    )
+
+
+def _parse_pushed(path: Path, text: str) -> dict[str, list[str]]:
+    """`_PUSHED`'s content; GitWriteError naming the file when it is not {branch: [sha]}."""
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise _unreadable(path, f"is not JSON ({err})") from err
+    if not isinstance(data, dict) or not all(
+        isinstance(shas, list) and all(isinstance(s, str) and _OID.fullmatch(s) for s in shas)
+        for shas in data.values()
+    ):
+        raise _unreadable(path, "is not a JSON object of {branch: [commit id, ...]}")
+    return cast(dict[str, list[str]], data)
+
+
+def _read_old_pending(path: Path) -> dict[str, str]:
+    """An earlier version's `_OLD_PENDING` file, {branch: sha}; empty when there is none."""
+    fix = (
+        "it names the commits of a push an earlier version may not have finished: delete it "
+        "(a bot branch is then judged by its commits' authors alone)"
+    )
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        raise GitWriteError(f"{path} cannot be read ({err}); {fix}") from err
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise GitWriteError(f"{path} is not a JSON object of {{branch: commit id}}; {fix}")
+    return cast(dict[str, str], data)
 
 
 def _chain_stream(

@@ -1,9 +1,13 @@
-"""A fetch begun in the background (`Workspace.start_fetch`): the pass's own `fetch` waits for it.
+"""Git work in the background: a fetch begun early, the remote-tracking refs of a push.
 
 The command line begins fetching as soon as it has opened the workspace and imports the
-planning stages meanwhile. What must hold: one git fetch, not two; the same answer as a fetch
-in the foreground; its failure reported by the `fetch` that waits for it; and the cache lock
-not released while git still writes.
+planning stages meanwhile (`Workspace.start_fetch`). What must hold: one git fetch, not two;
+the same answer as a fetch in the foreground; its failure reported by the `fetch` that waits
+for it; and the cache lock not released while git still writes.
+
+After a push the remote-tracking refs are written while the pass opens pull requests: the
+push returns first, the workspace answers with what it pushed, and whatever reads refs next
+waits for them (their failure: tests/gitops/test_gitops_repo.py).
 """
 
 from __future__ import annotations
@@ -13,11 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gitops_helpers import T0, Remote
+from gitops_helpers import T0, Remote, git
 
 from gitops_rollout.composition import pass_context
 from gitops_rollout.errors import GitWriteError
-from gitops_rollout.gitops.repo import Workspace
+from gitops_rollout.gitops.changeset import ChangeSet
+from gitops_rollout.gitops.repo import (
+    CommitMessage,
+    CommitRequest,
+    PushOutcome,
+    Workspace,
+    branch_name,
+)
 from gitops_rollout.settings import GitSettings, HostSettings, Settings
 
 
@@ -95,3 +106,36 @@ def test_a_pass_context_begins_fetching_before_the_pass_asks(
     with pass_context(settings, inventory=[], metrics_file=None, prometheus=None, now=T0) as ctx:
         assert ctx.workspace.fetch() == remote.sha("main")
     assert fetches == ["gitops-rollout-fetch"], "begun by pass_context, in the background"
+
+
+def test_a_push_returns_before_its_remote_tracking_refs_are_written(
+    remote: Remote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started, release = threading.Event(), threading.Event()
+    real = Workspace._update_refs
+
+    def slow(self: Workspace, updates: Any) -> None:
+        started.set()
+        release.wait(10)
+        real(self, updates)
+
+    monkeypatch.setattr(Workspace, "_update_refs", slow)
+    branch = branch_name(cluster="prod", namespace="ml", model="wisdom")
+    with Workspace.open(str(remote.path), cache_dir=tmp_path / "cache") as ws:
+        ws.fetch()
+        changes = ChangeSet.build(ws.tree(), {"clusters/prod/ml/wisdom/w.yaml": b"w: 10\n"})
+        [pushed] = ws.publish([CommitRequest(branch, changes, CommitMessage("step"))], now=T0)
+        assert pushed.outcome is PushOutcome.PUSHED
+        assert started.wait(10) and not release.is_set(), "returned while the refs wait"
+        ref = f"refs/remotes/origin/{branch}"
+        assert git("--git-dir", str(ws.git_dir), "for-each-ref", ref) == ""
+        answers: list[dict[str, str]] = []
+        asking = threading.Thread(target=lambda: answers.append(ws.remote_heads()))
+        asking.start()
+        asking.join(0.3)
+        assert asking.is_alive(), "the next read of refs waits for them"
+        release.set()
+        asking.join(10)
+        assert answers == [{branch: pushed.sha}]
+        written = git("--git-dir", str(ws.git_dir), "rev-parse", ref).strip()
+        assert written == pushed.sha

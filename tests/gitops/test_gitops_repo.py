@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import random
+import re
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gitops_helpers import BOT, T0, Remote, git, identity_env
@@ -25,6 +30,8 @@ from gitops_rollout.gitops.repo import (
 
 ROUTING = "clusters/prod/ml/wisdom/rollout/routing.yaml"
 BRANCH = branch_name(cluster="prod", namespace="ml", model="wisdom")
+IRIS_ROUTING = "clusters/prod/ml/iris/rollout/routing.yaml"
+IRIS = branch_name(cluster="prod", namespace="ml", model="iris")
 MESSAGE = CommitMessage(
     "rollout(wisdom): prod step 1/4 -> 10%",
     "- candidate healthy",
@@ -44,6 +51,17 @@ def request(
 
 def step(weight: int) -> dict[str, bytes | None]:
     return {ROUTING: f"kind: VirtualService\nspec: {{w: {weight}}}\n".encode()}
+
+
+def cache_refs(ws: Workspace) -> dict[str, str]:
+    """{ref: sha} of every ref in the cache clone."""
+    out = git("--git-dir", str(ws.git_dir), "for-each-ref", "--format=%(refname) %(objectname)")
+    return dict(line.split(" ") for line in out.splitlines())
+
+
+def pushed_record(ws: Workspace) -> object:
+    """The cache's record of what the bot pushed, as JSON."""
+    return json.loads((ws.git_dir / "gitops-rollout-pushed").read_text())
 
 
 # -- branch names ------------------------------------------------------------------------------
@@ -422,40 +440,242 @@ def test_merged_bot_branch_is_not_a_human_edit(workspace: Workspace, remote: Rem
 
 
 def test_a_push_that_died_before_it_was_recorded_is_still_ours(
-    workspace: Workspace, remote: Remote, monkeypatch: pytest.MonkeyPatch
+    workspace: Workspace, remote: Remote, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The branch was pushed before (we hold a record of it), then pushed again by a process
     that died right after git pushed: the new head is the bot's, not a human's."""
     workspace.publish([request(workspace, step(10))], now=T0)
+    run = workspace._run_status
 
-    def die(*args: object, **kwargs: object) -> None:
-        raise KeyboardInterrupt  # the process dies after the push, before recording it
+    def die_after_push(*args: str, **kwargs: Any) -> tuple[int, bytes, str]:
+        out = run(*args, **kwargs)
+        if args[0] == "push":
+            raise KeyboardInterrupt  # the process dies once git pushed, before recording it
+        return out
 
-    monkeypatch.setattr(workspace, "_update_refs", die)
+    monkeypatch.setattr(workspace, "_run_status", die_after_push)
     with pytest.raises(KeyboardInterrupt):
         workspace.publish([request(workspace, step(25))], now=T0 + timedelta(minutes=5))
     monkeypatch.undo()
+    workspace.close()
     assert b"w: 25" in remote.show(BRANCH, ROUTING)
+    with Workspace.open(str(remote.path), cache_dir=tmp_path / "cache", identity=BOT) as ws:
+        ws.fetch()
+        assert ws.human_edits() == {}
+        # The next push settles the record to the one commit the remote has from us.
+        [result] = ws.publish([request(ws, step(50))], now=T0 + timedelta(minutes=9))
+        assert result.outcome is PushOutcome.PUSHED
+        assert ws.human_edits() == {}
+    assert pushed_record(workspace) == {BRANCH: [result.sha]}
+    assert not list(workspace.git_dir.glob(".gitops-rollout-pushed*"))  # no temporary file
+
+
+def test_pushes_leave_one_record_file_and_the_remote_tracking_refs(
+    workspace: Workspace, remote: Remote
+) -> None:
+    workspace.publish([request(workspace, step(10))], now=T0)
+    [result] = workspace.publish([request(workspace, step(25))], now=T0 + timedelta(minutes=5))
+    workspace.close()
+    refs = cache_refs(workspace)
+    assert [r for r in refs if r.startswith("refs/gitops-rollout/")] == []
+    assert refs[f"refs/remotes/origin/{BRANCH}"] == result.sha == remote.head(BRANCH)
+    assert pushed_record(workspace) == {BRANCH: [result.sha]}
+    assert sorted(p.name for p in workspace.git_dir.glob("*gitops-rollout-p*")) == [
+        "gitops-rollout-push.git",
+        "gitops-rollout-pushed",
+    ]
+    view = workspace.git_dir / "gitops-rollout-push.git"
+    assert git("--git-dir", str(view), "for-each-ref") == ""
+
+
+def test_the_bots_own_pushes_are_not_human_edits_in_this_process_or_the_next(
+    workspace: Workspace, remote: Remote, tmp_path: Path
+) -> None:
+    def both(ws: Workspace, weight: int) -> list[CommitRequest]:
+        iris = {IRIS_ROUTING: f"spec: {{w: {weight}}}\n".encode()}
+        return [
+            request(ws, step(weight)),
+            CommitRequest(IRIS, ChangeSet.build(ws.tree(), iris), MESSAGE),
+        ]
+
+    workspace.publish(both(workspace, 10), now=T0)
+    pushed = workspace.publish(both(workspace, 25), now=T0 + timedelta(minutes=5))
+    assert {r.outcome for r in pushed} == {PushOutcome.PUSHED}
+    assert workspace.human_edits() == {}, "before any fetch"
     workspace.fetch()
     assert workspace.human_edits() == {}
-    # The next push records it for good and forgets what was pending.
-    [result] = workspace.publish([request(workspace, step(50))], now=T0 + timedelta(minutes=9))
-    assert result.outcome is PushOutcome.PUSHED
-    assert not list(workspace.git_dir.glob("gitops-rollout-pending*"))
-    assert workspace.human_edits() == {}
+    # A commit with the bot's identity that this cache did not push is someone else's.
+    remote.commit(
+        {IRIS_ROUTING: "spec: {w: 30}\n"}, branch=IRIS, author=(BOT.name, BOT.email), amend=True
+    )
+    workspace.close()
+    with Workspace.open(str(remote.path), cache_dir=tmp_path / "cache", identity=BOT) as ws:
+        ws.fetch()
+        assert list(ws.human_edits()) == [IRIS]
 
 
-def test_pushes_leave_no_refs_behind_but_the_records(workspace: Workspace) -> None:
-    workspace.publish([request(workspace, step(10))], now=T0)
-    workspace.publish([request(workspace, step(25))], now=T0 + timedelta(minutes=5))
-    refs = git("--git-dir", str(workspace.git_dir), "for-each-ref", "--format=%(refname)")
-    mine = sorted(r for r in refs.split() if r.startswith("refs/gitops-rollout/"))
-    # (fast-import builds on a scratch ref when a pass has many commits)
-    assert [r for r in mine if r != "refs/gitops-rollout/scratch"] == [
-        f"refs/gitops-rollout/pushed/{BRANCH}"
-    ]
-    view = next(workspace.git_dir.glob("gitops-rollout-push*"))
-    assert git("--git-dir", str(view), "for-each-ref") == ""
+@pytest.mark.parametrize("packed", [False, True], ids=["loose-refs", "packed-refs"])
+def test_an_earlier_versions_records_are_moved_into_one_file(
+    workspace: Workspace, remote: Remote, tmp_path: Path, packed: bool
+) -> None:
+    """A cache of an earlier version recorded pushes as refs/gitops-rollout/pushed/<branch>,
+    and a push under way in gitops-rollout-pending: an upgrade keeps telling the bot's heads
+    from others', and leaves neither behind."""
+    tree = workspace.tree()
+
+    def both(weight: int) -> list[CommitRequest]:
+        iris = {IRIS_ROUTING: f"spec: {{w: {weight}}}\n".encode()}
+        return [
+            request(workspace, step(weight)),
+            CommitRequest(IRIS, ChangeSet.build(tree, iris), MESSAGE),
+        ]
+
+    _, iris_first = workspace.publish(both(10), now=T0)
+    ours, iris_now = workspace.publish(both(25), now=T0 + timedelta(minutes=5))
+    # Someone with the bot's identity replaces the head of BRANCH; IRIS's head is the bot's,
+    # pushed by a process that died before recording it (so only the pending file names it).
+    remote.commit(
+        {ROUTING: "spec: {w: 30}\n"}, branch=BRANCH, author=(BOT.name, BOT.email), amend=True
+    )
+    workspace.close()
+    cache = workspace.git_dir
+    (cache / "gitops-rollout-pushed").unlink()
+    old = [(BRANCH, ours.sha), (IRIS, iris_first.sha)]
+    for branch, sha in old:
+        git(
+            "--git-dir", str(cache), "update-ref", f"refs/gitops-rollout/pushed/{branch}", sha or ""
+        )
+    if packed:
+        git("--git-dir", str(cache), "pack-refs", "--all")
+    (cache / "gitops-rollout-pending").write_text(json.dumps({IRIS: iris_now.sha}))
+
+    with Workspace.open(str(remote.path), cache_dir=tmp_path / "cache", identity=BOT) as ws:
+        ws.fetch()
+        assert list(ws.human_edits()) == [BRANCH]
+    assert [r for r in cache_refs(workspace) if r.startswith("refs/gitops-rollout/")] == []
+    assert not (cache / "gitops-rollout-pending").exists()
+    assert pushed_record(workspace) == {BRANCH: [ours.sha], IRIS: [iris_first.sha, iris_now.sha]}
+
+
+_FIX = (
+    "it records the commits gitops-rollout pushed: delete it to start the record afresh "
+    "(until the next push, a bot branch is then judged by its commits' authors alone)"
+)
+_OLD_FIX = (
+    "it names the commits of a push an earlier version may not have finished: delete it "
+    "(a bot branch is then judged by its commits' authors alone)"
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        (
+            "gitops-rollout-pushed",
+            "{not json",
+            "is not JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
+            f"(char 1)); {_FIX}",
+        ),
+        (
+            "gitops-rollout-pushed",
+            '["gitops-rollout/prod/ml/wisdom"]',
+            f"is not a JSON object of {{branch: [commit id, ...]}}; {_FIX}",
+        ),
+        (
+            "gitops-rollout-pushed",
+            '{"gitops-rollout/prod/ml/wisdom": "' + "a" * 40 + '"}',
+            f"is not a JSON object of {{branch: [commit id, ...]}}; {_FIX}",
+        ),
+        (
+            "gitops-rollout-pending",
+            "{",
+            "cannot be read (Expecting property name enclosed in double quotes: line 1 column 2 "
+            f"(char 1)); {_OLD_FIX}",
+        ),
+        (
+            "gitops-rollout-pending",
+            '{"gitops-rollout/prod/ml/wisdom": 1}',
+            f"is not a JSON object of {{branch: commit id}}; {_OLD_FIX}",
+        ),
+    ],
+    ids=[
+        "not-json",
+        "not-an-object",
+        "sha-not-in-a-list",
+        "old-pending-not-json",
+        "old-pending-not-a-sha",
+    ],
+)
+def test_an_unreadable_record_stops_the_push_and_says_how_to_fix_it(
+    workspace: Workspace, remote: Remote, name: str, content: str, message: str
+) -> None:
+    path = workspace.git_dir / name
+    if name == "gitops-rollout-pending":  # an earlier version's cache: no record file yet
+        (workspace.git_dir / "gitops-rollout-pushed").unlink(missing_ok=True)
+    path.write_text(content)
+    with pytest.raises(GitWriteError) as raised:
+        workspace.publish([request(workspace, step(10))], now=T0)
+    assert str(raised.value) == f"{path} {message}"
+    assert remote.head(BRANCH) is None, "nothing pushed"
+
+
+# -- remote-tracking refs, written in the background ------------------------------------------
+
+
+def _lock_tracking_ref(ws: Workspace) -> Path:
+    """A lock file git leaves when killed: the next update of that ref fails."""
+    lock = ws.git_dir / "refs" / "remotes" / "origin" / f"{BRANCH}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.touch()
+    return lock
+
+
+_UPDATE_FAILED = (
+    r"(?s)the remote-tracking refs of the last push were not written \(git update-ref failed .*"
+    r"wisdom\.lock.*\); the pushes went through, and the next fetch rewrites these refs"
+)
+
+NEXT_CALLS: dict[str, Callable[[Workspace], object]] = {
+    "fetch": lambda ws: ws.fetch(),
+    "start_fetch": lambda ws: ws.start_fetch(),
+    "remote_heads": lambda ws: ws.remote_heads(),
+    "human_edits": lambda ws: ws.human_edits(),
+    "publish": lambda ws: ws.publish([request(ws, step(25))], now=T0),
+    "commit": lambda ws: ws.commit([request(ws, step(25))], now=T0),
+    "changes_since": lambda ws: ws.changes_since(ws.base_sha),
+    "merge_time": lambda ws: ws.merge_time([ROUTING]),
+    "merged_with_trailer": lambda ws: ws.merged_with_trailer("Rollout-Decision", ["d1"]),
+}
+
+
+@pytest.mark.parametrize("call", NEXT_CALLS)
+def test_a_failed_tracking_ref_update_is_raised_by_the_next_call(
+    workspace: Workspace, remote: Remote, call: str
+) -> None:
+    lock = _lock_tracking_ref(workspace)
+    [result] = workspace.publish([request(workspace, step(10))], now=T0)
+    assert result.outcome is PushOutcome.PUSHED and remote.head(BRANCH) == result.sha
+    with pytest.raises(GitWriteError, match=_UPDATE_FAILED):
+        NEXT_CALLS[call](workspace)
+    # Raised once; a fetch then rewrites the refs.
+    lock.unlink()
+    workspace.fetch()
+    assert cache_refs(workspace)[f"refs/remotes/origin/{BRANCH}"] == result.sha
+
+
+def test_close_logs_a_failed_tracking_ref_update_and_releases_the_cache(
+    workspace: Workspace, remote: Remote, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pushes went through: the pass's result stands, and the next fetch writes the refs."""
+    _lock_tracking_ref(workspace)
+    [result] = workspace.publish([request(workspace, step(10))], now=T0)
+    with caplog.at_level(logging.WARNING, logger="gitops_rollout.gitops.repo"):
+        workspace.close()
+    assert re.search(_UPDATE_FAILED, caplog.text)
+    (workspace.git_dir / f"refs/remotes/origin/{BRANCH}.lock").unlink()
+    with Workspace.open(str(remote.path), cache_dir=tmp_path / "cache", identity=BOT) as again:
+        again.fetch()  # the lock was released all the same
+        assert again.remote_heads()[BRANCH] == result.sha
 
 
 # -- history -----------------------------------------------------------------------------------
