@@ -661,6 +661,17 @@ def remote_refs(world: World) -> dict[str, str]:
     return {ref: sha for sha, ref in (line.split(" ", 1) for line in out.splitlines())}
 
 
+def pull_requests(world: World) -> int:
+    """How many pull requests the local host holds."""
+    from gitops_rollout.gitops.hosts.local import LocalHost
+
+    host = LocalHost(world.remote)
+    try:
+        return len(host.list_pulls())
+    finally:
+        host.disconnect()
+
+
 def routed(world: World) -> list[str]:
     """Rollouts with no routing.yaml on main nor on their own or their cluster's PR branch."""
     missing = []
@@ -791,7 +802,7 @@ def _run(world: World, args: argparse.Namespace) -> dict[str, Any]:
     b_decisions = decisions(out / "b.json")
     checks["b_outcomes"] = _count(d["outcome"] for d in b_decisions)
     checks["b_missing_routing"] = routed(world)
-    checks["b_pulls"] = len(list((world.remote / "gitops-rollout" / "pulls").glob("*.json")))
+    checks["b_pulls"] = pull_requests(world)
     b.detail["commits"] = len(bot_refs)
 
     flo = floor(world, before_main, ["refs/heads/main", *sorted(bot_refs)], world.root / "scratch")

@@ -13,11 +13,13 @@ import io
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tarfile
 import tempfile
 from collections.abc import Callable, Collection, Iterable, Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,7 +34,7 @@ import gitops_rollout
 from gitops_rollout import demo, reconcile
 from gitops_rollout.composition import snapshot_source
 from gitops_rollout.gitops.hosts.base import GitHost, PullState
-from gitops_rollout.gitops.hosts.local import LocalHost, PullRecord
+from gitops_rollout.gitops.hosts.local import DATABASE, LocalHost, PullRecord
 from gitops_rollout.gitops.repo import Workspace
 from gitops_rollout.inventory.model import Kind
 from gitops_rollout.state import PREFIX, RolloutState, read_stored
@@ -331,10 +333,13 @@ class World(demo.World):
             "--git-dir", str(self.remote), "for-each-ref", "--format=%(refname) %(objectname)"
         )
         refs = dict(line.split(" ") for line in out.splitlines())
-        pulls = {
-            int(p.stem): json.loads(p.read_text())
-            for p in (self.remote / "gitops-rollout" / "pulls").glob("*.json")
-        }
+        # The records as stored: a host would bring them up to date as it read them.
+        pulls: dict[int, dict[str, Any]] = {}
+        database = self.remote / DATABASE
+        if database.exists():
+            with closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as db:
+                rows = db.execute("SELECT number, record FROM pulls WHERE record IS NOT NULL")
+                pulls = {number: json.loads(text) for number, text in rows.fetchall()}
         return Snapshot(refs, pulls)
 
     def first_parents(self, rev: str = "main") -> list[str]:

@@ -7,7 +7,8 @@ SIGKILLs itself, as an OOM kill or a node drain would, and ``E2E_KILL_NTH`` whic
 - ``commit``: the pass's commits are built in the cache, nothing is pushed;
 - ``push``: ``git push`` returned, the cache has not recorded what it pushed;
 - ``pull-request``: before opening (or updating) a pull request, inside the host's batch: the
-  records before it are written, no pull ref is set yet;
+  records before it are written in the batch's transaction, which dies uncommitted (so none
+  is recorded), and no pull ref is set yet;
 - ``merge``: before the bot merges the pull requests it opened;
 - ``merged``: main moved to the merge commits, the records do not say merged yet.
 

@@ -1,30 +1,39 @@
 """The `local` Git host: pull requests kept inside a bare repository on disk.
 
-It behaves like a small GitHub. Each pull request has a ref ``refs/pull/<n>/head`` and a JSON
-record in ``<bare>/gitops-rollout/pulls/<n>.json``. Numbers are claimed with O_EXCL and records
-are replaced atomically (temp file + rename), under one lock file, so two processes (the
-reconciler and a human running ``gitops-rollout pr merge``) never clash. An open pull request
-follows its head branch; one whose head reached the base outside the host counts as merged, and
-one whose branch was deleted counts as closed. Merging happens server-side, as on a real host:
-``git merge-tree --write-tree`` (git >= 2.38), a merge commit, and a compare-and-swap of the base
-branch. A conflict is reported, never forced. Pushing branches is `gitops.repo`'s job.
+It behaves like a small GitHub. Each pull request has a ref ``refs/pull/<n>/head`` and a record
+in a SQLite database, ``<bare>/gitops-rollout/pulls.sqlite3``, which also keeps the journal of
+the merges a batch is making. Every change happens under one lock file and in one transaction of
+the database, so two processes (the reconciler and a human running ``gitops-rollout pr merge``)
+never clash, and a batch (`LocalHost.open_many`, `LocalHost.merge_many`) is written whole or not
+at all. An open pull request follows its head branch; one whose head reached the base outside
+the host counts as merged, and one whose branch was deleted counts as closed. Merging happens
+server-side, as on a real host: ``git merge-tree --write-tree`` (git >= 2.38), a merge commit,
+and a compare-and-swap of the base branch. A conflict is reported, never forced. Pushing
+branches is `gitops.repo`'s job.
 
 Opening or updating the pull request of one branch costs the same however many records there
-are: an index under ``<bare>/gitops-rollout/heads/`` names each head branch's newest pull
-request, and only that record is read and brought up to date. Listings compute no mergeability,
-like GitHub's; `LocalHost.mergeable` answers for one pull request.
+are: the records are indexed by (head, base, number), so each branch's newest pull request is
+one indexed look-up, and only that record is read and brought up to date. Listings compute no
+mergeability, like GitHub's; `LocalHost.mergeable` answers for one pull request.
+
+Records are as durable as the refs they describe: the database runs in WAL mode with
+``synchronous=NORMAL``, so a commit is not fsynced (a checkpoint is), just as git 2.39 writes
+refs without an fsync by default (its ``core.fsync`` default leaves references out). A killed
+process loses its uncommitted transaction only; a power loss may lose the last commits, but does
+not corrupt the database. A repository written by earlier versions, which kept one JSON file per
+pull request, is imported on first use (`LocalHost._import_files`), and those files deleted.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import itertools
 import json
 import logging
 import os
 import shutil
+import sqlite3
 import tempfile
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -53,18 +62,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PULLS_DIR = "gitops-rollout/pulls"
-"""Where pull request records live, relative to the bare repository."""
-INDEX_DIR = "gitops-rollout/heads"
-"""The index: one file per head branch naming its newest pull request into each base."""
-INDEX_MARK = "gitops-rollout/heads.json"
-"""Up to which number every record is in the index (records above it are indexed on read)."""
-MERGING_FILE = "gitops-rollout/merging.json"
-"""The merges of a batch while it moves their base (one file for the batch, not a record
-rewrite per pull request)."""
+DATABASE = "gitops-rollout/pulls.sqlite3"
+"""The pull request records and the merge journal, relative to the bare repository."""
 
+BUSY_TIMEOUT = 30.0
+"""Seconds a statement waits for another connection's lock on the database. The lock file
+serialises every user already: this only covers one that reads the database without it."""
+
+_STATE = "gitops-rollout"
 _LOCK = "gitops-rollout/pulls.lock"
 _FORMAT = 1
+_SCHEMA = 1
+"""The database's ``user_version`` (0: a database not set up yet)."""
+
+_FILES_PULLS = "gitops-rollout/pulls"
+"""Where earlier versions kept one JSON record per pull request (`LocalHost._import_files`)."""
+_FILES_MERGING = "gitops-rollout/merging.json"
+"""Earlier versions' merge journal: {"merging": {number: merge commit}}."""
+_FILES_INDEX = ("gitops-rollout/heads", "gitops-rollout/heads.json")
+"""Earlier versions' index of those records: the database's own index replaces it."""
 
 HOST_IDENTITY = Identity("gitops-rollout local host", "local-host@gitops-rollout.invalid")
 """Committer of merge commits, like the host's own account on a real forge."""
@@ -89,7 +105,7 @@ class Comment:
 
 @dataclass(frozen=True)
 class PullRecord:
-    """Everything the local host knows about one pull request (its JSON record)."""
+    """Everything the local host knows about one pull request (stored as `to_json`'s JSON)."""
 
     number: int
     head: str
@@ -314,10 +330,6 @@ class _PlainMerges:
         return tree
 
 
-class _StaleIndex(Exception):
-    """The index disagrees with the records (or cannot be read): it is rebuilt from them."""
-
-
 class LocalHost:
     """Pull requests on a bare repository on disk (implements `GitHost`)."""
 
@@ -340,12 +352,13 @@ class LocalHost:
         self._user = user
         self._identity = identity
         self._attempts = max(1, max_merge_attempts)
-        self._dir = self.bare / PULLS_DIR
-        self._merging_file = self.bare / MERGING_FILE
+        self._database = self.bare / DATABASE
+        self._db: sqlite3.Connection | None = None
+        """The database, opened under the lock on first use and kept (`disconnect`)."""
+        self._closer: weakref.finalize[Any, Any] | None = None
+        """Closes `_db` once: called by `disconnect`, or when this object is dropped."""
         self._journal: dict[int, str] | None = None
         """`_merging` as read under the lock, until it is released."""
-        self._index = self.bare / INDEX_DIR
-        self._mark = self.bare / INDEX_MARK
         self._held = 0
         self._object_format: str | None = None
 
@@ -377,19 +390,19 @@ class LocalHost:
 
     def open_many(self, drafts: Sequence[PullRequestDraft]) -> list[PullRequest | RolloutError]:
         """`open_or_update` for each of `drafts`, in order: the pull request, or the error
-        that draft met. One lock, one look-up of every branch, one ancestry query per base and
-        one transaction for the pull refs serve the whole batch (three git processes, where
-        one pull request at a time took three or four each).
+        that draft met. One lock, one look-up of every branch, one ancestry query per base,
+        one database transaction and one transaction for the pull refs serve the whole batch
+        (three git processes, where one pull request at a time took three or four each).
 
         Only each head's newest record is read: an open one is always the newest, since a new
-        pull request is opened only when none is open. Dying part-way is safe: a record
-        written without its index entry is indexed by the next look-up, one without its pull
-        ref gets it when it is next brought up to date.
+        pull request is opened only when none is open. Dying part-way is safe: before the
+        records are committed nothing is written, and a record committed without its pull ref
+        gets it when it is next brought up to date.
         """
         if not drafts:
             return []
         with self._locked():
-            latest, through = self._latest_all([(d.head, d.base) for d in drafts])
+            latest = self._latest_all([(d.head, d.base) for d in drafts])
             names = {f"refs/heads/{d.head}" for d in drafts} | {
                 f"refs/heads/{d.base}" for d in drafts
             }
@@ -397,21 +410,18 @@ class LocalHost:
             refs = self._git.resolve(*sorted(names))
             merged = self._reached(refs, {(d.head, d.base) for d in drafts})
             pending: dict[str, str] = {}
-            mark = through
             results: list[PullRequest | RolloutError] = []
             for draft in drafts:
                 key = (draft.head, draft.base)
                 try:
-                    record, mark = self._open_one(
-                        draft, latest[key], refs, key in merged, pending, mark=mark
-                    )
+                    record = self._open_one(draft, latest[key], refs, key in merged, pending)
                 except HostError as err:
                     results.append(err)
                     continue
                 latest[key] = record
                 results.append(self._pull(record))
-            if mark != through:
-                _write_json(self._mark, {"format": _FORMAT, "through": mark})
+            # The records first: a pull ref never names a number that has no record.
+            self._commit_now()
             self._git.update_refs(pending)
         return results
 
@@ -422,12 +432,10 @@ class LocalHost:
         refs: dict[str, str],
         reached: bool,
         pending: dict[str, str],
-        *,
-        mark: int,
-    ) -> tuple[PullRecord, int]:
+    ) -> PullRecord:
         """One draft of `open_many`: its open pull request updated, or a new one. `refs` holds
-        its branches, `reached` says its head is on its base already, `pending` collects pull
-        refs to set and `mark` is the index mark so far; returns the record and the new mark."""
+        its branches, `reached` says its head is on its base already, and `pending` collects
+        pull refs to set."""
         head_sha = refs.get(f"refs/heads/{draft.head}")
         base_sha = refs.get(f"refs/heads/{draft.base}")
         if latest is not None:
@@ -448,14 +456,13 @@ class LocalHost:
             if updated != latest:
                 updated = replace(updated, updated_at=now)
                 self._save(updated)
-            return updated, mark
+            return updated
         if reached:
             raise HostError(
                 f"no commits between {draft.base!r} and {draft.head!r}: nothing to review"
             )
-        number = self._claim_number(after=mark)
         record = PullRecord(
-            number=number,
+            number=self._next_number(),
             head=draft.head,
             base=draft.base,
             title=draft.title,
@@ -468,10 +475,8 @@ class LocalHost:
             reviewers=tuple(draft.reviewers),
         )
         self._save(record)
-        # Dying before this is safe: the next look-up indexes records above the mark.
-        self._index_record(record)
-        pending[f"refs/pull/{number}/head"] = head_sha
-        return record, number if number == mark + 1 else mark
+        pending[f"refs/pull/{record.number}/head"] = head_sha
+        return record
 
     def mergeable(self, number: int) -> bool | None:
         """Whether open pull request `number` merges cleanly into its base now (a trial merge
@@ -505,6 +510,7 @@ class LocalHost:
                 self._sync(r, refs, reached=(r.head, r.base) in reached, pending=pending)
                 for r in records.values()
             ]
+            self._commit_now()  # the records, before their pull refs move
             self._git.update_refs(pending)
             clean = each_at_once(synced, self._merges_cleanly, at_once=TRIAL_MERGES_AT_ONCE)
             answers.update(zip(records, clean, strict=True))
@@ -550,7 +556,8 @@ class LocalHost:
         is made again on the new base. A merge that needs no merge (`_PlainMerges`) is made
         without git; any other costs a git process (its trial merge). Merge commits are
         written without git. Five processes for the batch besides, where one pull request at
-        a time took six each.
+        a time took six each. The merges are journalled, and the journal committed, before the
+        base moves: a process that dies after has them completed by the next look (`_sync`).
         """
         with self._locked():
             results: dict[int, MergeResult | RolloutError] = {}
@@ -622,12 +629,14 @@ class LocalHost:
                     tip = self._commit(tree, (tip, record.head_sha), message, when, store)
                     made.append((index, record, message, tip, when))
             store.write(self.bare / "objects")
+            merging = self._merging()
+            if made:
+                # Should the process die once the base moved, the next look sees these merged.
+                self._write_merging(merging, adding={r.number: sha for _, r, _, sha, _ in made})
+            self._commit_now()  # the journal and the records, before git moves any ref
             self._git.update_refs(pending)
             if not made:
                 return results
-            # Should the process die once the base moved, the next look sees these merged.
-            merging = self._merging()
-            self._write_merging(merging, adding={r.number: sha for _, r, _, sha, _ in made})
             numbers = ", ".join(f"#{record.number}" for _, record, _, _, _ in made)
             what = "pull requests" if len(made) > 1 else "pull request"
             code, _, err = self._git.run(
@@ -709,8 +718,12 @@ class LocalHost:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        # One lock for every change to records, the index and pull refs; reentrant within
-        # this object.
+        """The lock over records, the merge journal and pull refs, and one transaction of the
+        database while it is held: committed when the block ends, rolled back when it raises,
+        so that a batch is written whole or not at all (`_commit_now` commits part-way where
+        git is about to move a ref). Reentrant within this object: an inner block is part of
+        the outer one's transaction. A database that fails is a HostError saying what to do.
+        """
         if self._held:
             self._held += 1
             try:
@@ -718,70 +731,57 @@ class LocalHost:
             finally:
                 self._held -= 1
             return
-        self._dir.mkdir(parents=True, exist_ok=True)
+        (self.bare / _STATE).mkdir(exist_ok=True)
         with (self.bare / _LOCK).open("ab") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
-            self._held = 1
             try:
-                yield
+                db = self._connection()  # opened under the lock: it may import the old files
+                db.execute("BEGIN IMMEDIATE")
+                self._held = 1
+                try:
+                    yield
+                except BaseException:
+                    self._rollback(db)
+                    raise
+                db.execute("COMMIT")
+            except sqlite3.Error as err:
+                self.disconnect()  # the next use opens it afresh
+                raise self._unusable(err) from err
             finally:
                 self._held = 0
                 self._journal = None
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _path(self, number: int) -> Path:
-        return self._dir / f"{number}.json"
+    def _commit_now(self) -> None:
+        """Commit what the transaction holds so far, and go on in a new one: for what must be
+        on disk before git moves a ref (the lock stays held, so no one else writes between)."""
+        self._sql.execute("COMMIT")
+        self._sql.execute("BEGIN IMMEDIATE")
 
-    def _claim_number(self, *, after: int) -> int:
-        """The first free number above `after`, the index's mark (every number up to it is
-        taken), claimed with O_EXCL."""
-        number = after + 1
-        while True:
-            try:
-                fd = os.open(self._path(number), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                number += 1
-                continue
-            os.close(fd)
-            return number
-
-    def _merging(self) -> dict[int, str]:
-        """{number: merge commit} of merges a batch was making when it last moved a base
-        (`merge_many`); whether each landed is for `_sync` to find out. Read once while the
-        lock is held (a batch asks for each of its pull requests)."""
-        if self._held and self._journal is not None:
-            return dict(self._journal)
+    def _rollback(self, db: sqlite3.Connection) -> None:
         try:
-            data = json.loads(self._merging_file.read_text())
-        except FileNotFoundError:
-            data = {}
-        except (OSError, ValueError) as err:
-            raise HostError(
-                f"{self._merging_file} cannot be read ({err}); it names merges that may have "
-                "landed: fix or delete it (each pull request's next look decides anew)"
-            ) from err
-        journal = {int(number): str(sha) for number, sha in data.get("merging", {}).items()}
-        if self._held:
-            self._journal = journal
-        return dict(journal)
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+        except sqlite3.Error:
+            self.disconnect()  # closing the connection drops its transaction as well
 
-    def _write_merging(self, merging: dict[int, str], adding: dict[int, str] | None = None) -> None:
-        """Keep `merging` (without entries whose pull request is no longer open) and `adding`."""
-        kept = {
-            n: sha
-            for n, sha in merging.items()
-            if (r := self._record(n)) is not None and r.state is PullState.OPEN
-        }
-        kept.update(adding or {})
-        if kept:
-            _write_json(self._merging_file, {"format": _FORMAT, "merging": kept})
-        else:
-            self._merging_file.unlink(missing_ok=True)
-        if self._held:
-            self._journal = kept
+    @property
+    def _sql(self) -> sqlite3.Connection:
+        """The database, inside `_locked` only (and on the thread that holds it)."""
+        assert self._held and self._db is not None, "the database is used under the lock"
+        return self._db
+
+    def _next_number(self) -> int:
+        """The number of a new pull request: above every number ever given (the lock is held,
+        so no other process can be given the same one before this transaction commits)."""
+        [(top,)] = self._sql.execute("SELECT max(number) FROM pulls").fetchall()
+        return int(top or 0) + 1
 
     def _save(self, record: PullRecord) -> None:
-        _write_json(self._path(record.number), record.to_json())
+        self._sql.execute(
+            "INSERT OR REPLACE INTO pulls (number, head, base, record) VALUES (?, ?, ?, ?)",
+            (record.number, record.head, record.base, _encode(record)),
+        )
 
     def _load(self, number: int) -> PullRecord:
         record = self._record(number)
@@ -791,28 +791,58 @@ class LocalHost:
 
     def _record(self, number: int) -> PullRecord | None:
         """Record `number`; None when there is none (or its number was claimed, never written)."""
-        try:
-            return self._read(self._path(number))
-        except FileNotFoundError:
-            return None
+        row = self._sql.execute("SELECT record FROM pulls WHERE number = ?", (number,)).fetchone()
+        return self._decode(number, row[0]) if row is not None and row[0] is not None else None
 
-    @staticmethod
-    def _read(path: Path) -> PullRecord | None:
-        text = path.read_text()
-        if not text.strip():
-            return None  # a number claimed by a process that died before writing
+    def _all(self) -> list[PullRecord]:
+        rows = self._sql.execute(
+            "SELECT number, record FROM pulls WHERE record IS NOT NULL ORDER BY number"
+        )
+        return [self._decode(number, text) for number, text in rows.fetchall()]
+
+    def _latest_all(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], PullRecord | None]:
+        """The newest pull request from each (head, base) of `keys`, reading no other record:
+        one look-up in the index of (head, base, number) each."""
+        latest: dict[tuple[str, str], PullRecord | None] = {}
+        for head, base in dict.fromkeys(keys):
+            row = self._sql.execute(
+                "SELECT number, record FROM pulls WHERE head = ? AND base = ?"
+                " ORDER BY number DESC LIMIT 1",
+                (head, base),
+            ).fetchone()
+            latest[head, base] = self._decode(*row) if row is not None else None
+        return latest
+
+    def _decode(self, number: int, text: str) -> PullRecord:
         try:
             return PullRecord.from_json(json.loads(text))
         except (ValueError, KeyError, TypeError) as err:
-            raise HostError(f"{path} is not a pull request record: {err}") from err
+            raise HostError(
+                f"pull request #{number} in {self._database} is not a pull request record: {err}"
+            ) from err
 
-    def _record_paths(self) -> list[Path]:
-        if not self._dir.is_dir():
-            return []
-        return [p for p in self._dir.glob("*.json") if p.stem.isdigit()]
+    def _merging(self) -> dict[int, str]:
+        """{number: merge commit} of merges a batch was making when it last moved a base
+        (`merge_many`); whether each landed is for `_sync` to find out. Read once while the
+        lock is held (a batch asks for each of its pull requests)."""
+        if self._journal is None:
+            rows = self._sql.execute("SELECT number, merge_sha FROM merging").fetchall()
+            self._journal = {int(number): str(sha) for number, sha in rows}
+        return dict(self._journal)
 
-    def _all(self) -> list[PullRecord]:
-        return [r for r in (self._read(p) for p in self._record_paths()) if r is not None]
+    def _write_merging(self, merging: dict[int, str], adding: dict[int, str] | None = None) -> None:
+        """Keep `merging` (without entries whose pull request is no longer open) and `adding`."""
+        kept = {
+            n: sha
+            for n, sha in merging.items()
+            if (r := self._record(n)) is not None and r.state is PullState.OPEN
+        }
+        kept.update(adding or {})
+        self._sql.execute("DELETE FROM merging")
+        self._sql.executemany("INSERT INTO merging (number, merge_sha) VALUES (?, ?)", kept.items())
+        self._journal = kept
 
     def _refreshed(self) -> list[PullRecord]:
         records = self._all()
@@ -1019,170 +1049,161 @@ class LocalHost:
             labels=record.labels,
         )
 
-    # -- the index: head branch -> number of its newest pull request ---------------------------
+    # -- the database ------------------------------------------------------------------------
     #
-    # ``heads/<sha256 of the branch name>.json`` says {"head": name, "latest": {base: number}};
-    # ``heads.json`` says {"through": n}: every record numbered up to n is in the index. A new
-    # record is indexed right after it is written. Records above the mark (a process that died
-    # in between, or a version that kept no index) are indexed by the next look-up, which costs
-    # one stat when there are none. A missing mark, or an entry the records contradict, makes
-    # the look-up rebuild the index from the records. Everything here runs under the lock.
-    # Entries are the host's own: deleting heads.json has the whole index rebuilt; an entry
-    # deleted by hand goes unnoticed (its branch would get a second pull request).
+    # ``pulls`` holds one row per number: the record as the JSON of `PullRecord.to_json`, and
+    # its head and base, indexed with the number so that a branch's newest pull request is one
+    # look-up. A row without a record is a number an earlier version claimed and never wrote
+    # (its process died): kept so that the number is never given again. ``merging`` is the
+    # merge journal: {number: merge commit} while a batch moves a base. ``user_version`` says
+    # the schema (`_SCHEMA`). The connection is used only under the lock, by the thread holding
+    # it; it is not tied to the thread that opened it, since the daemon runs its passes (one at
+    # a time) on whichever worker thread is free. Trial merges on threads never touch it.
 
-    def _latest_all(
-        self, keys: Sequence[tuple[str, str]]
-    ) -> tuple[dict[tuple[str, str], PullRecord | None], int]:
-        """The newest pull request from each (head, base) of `keys` (reading no other record),
-        and the number up to which every record is indexed."""
+    def disconnect(self) -> None:
+        """Close the database now (the next call opens it again); dropping the object closes
+        it too. Not while a call of this object is running."""
+        if self._closer is not None:
+            self._closer()
+        self._db = self._closer = None
 
-        def look_up() -> dict[tuple[str, str], PullRecord | None]:
-            return {key: self._lookup(*key) for key in keys}
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            db = self._open()
+            self._db, self._closer = db, weakref.finalize(self, db.close)
+        return self._db
 
+    def _open(self) -> sqlite3.Connection:
+        """The database, set up (and the files of earlier versions imported) if it is new."""
+        db = sqlite3.connect(
+            self._database,
+            timeout=BUSY_TIMEOUT,
+            isolation_level=None,  # transactions are `_locked`'s, begun and ended explicitly
+            check_same_thread=False,
+        )
         try:
-            through = self._read_mark()
-            through = self._catch_up(through) if through is not None else self._rebuild_index()
-            return look_up(), through
-        except _StaleIndex as err:
-            log.warning("%s: %s; rebuilding the pull request index", self.bare, err)
-            through = self._rebuild_index()
-        try:
-            return look_up(), through
-        except _StaleIndex as err:
-            raise HostError(
-                f"the pull request index of {self.bare} is inconsistent: {err}"
-            ) from err
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            [(version,)] = db.execute("PRAGMA user_version").fetchall()
+            if version == 0:
+                self._set_up(db)
+            elif version != _SCHEMA:
+                raise HostError(
+                    f"{self._database} has pull request records of schema {version}, which "
+                    f"this version of gitops-rollout does not know (it reads schema {_SCHEMA}): "
+                    "run the version that wrote them"
+                )
+            self._delete_files()
+        except BaseException:
+            db.close()
+            raise
+        return db
 
-    def _lookup(self, head: str, base: str) -> PullRecord | None:
-        path = self._entry_path(head)
-        number = self._read_entry(path, head).get(base)
-        if number is None:
-            return None
-        record = self._record(number)
-        if record is None or (record.head, record.base) != (head, base):
-            found = (
-                "no record" if record is None else f"the record of {record.head} -> {record.base}"
+    def _set_up(self, db: sqlite3.Connection) -> None:
+        """The tables of a new database, with the records of earlier versions, in one
+        transaction: a process that dies part-way leaves a database that is set up anew."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "CREATE TABLE pulls (number INTEGER PRIMARY KEY, head TEXT, base TEXT, record TEXT)"
             )
-            raise _StaleIndex(f"{path} names #{number} for {head} -> {base}, but that is {found}")
-        return record
+            db.execute("CREATE INDEX pulls_newest ON pulls (head, base, number)")
+            db.execute("CREATE TABLE merging (number INTEGER PRIMARY KEY, merge_sha TEXT NOT NULL)")
+            imported = self._import_files(db)
+            db.execute(f"PRAGMA user_version = {_SCHEMA}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        if imported:
+            log.info("%s: imported %d pull request records into %s", self.bare, imported, DATABASE)
 
-    def _catch_up(self, through: int) -> int:
-        """Index the records numbered above the mark `through` (normally none); the new mark."""
-        number = through
-        while self._path(number + 1).exists():
-            number += 1
-            record = self._record(number)
-            if record is not None:
-                self._index_record(record)
-        if number != through:
-            _write_json(self._mark, {"format": _FORMAT, "through": number})
-        return number
-
-    def _index_record(self, record: PullRecord) -> None:
-        path = self._entry_path(record.head)
-        latest = self._read_entry(path, record.head)
-        if latest.get(record.base, 0) < record.number:
-            self._write_entry(path, record.head, {**latest, record.base: record.number})
-
-    def _rebuild_index(self) -> int:
-        """The index made anew from every record (a repository without one yet, or one that
-        disagrees with the records); the new mark."""
-        # Without a mark the index is rebuilt again, should this one be interrupted.
-        self._mark.unlink(missing_ok=True)
-        latest: dict[str, dict[str, int]] = {}
-        through = 0
-        for path in self._record_paths():
-            through = max(through, int(path.stem))
-            record = self._read(path)
-            if record is not None:
-                bases = latest.setdefault(record.head, {})
-                bases[record.base] = max(bases.get(record.base, 0), record.number)
-        if self._index.exists():
-            shutil.rmtree(self._index)
-        for head, bases in latest.items():
-            self._write_entry(self._entry_path(head), head, bases)
-        _write_json(self._mark, {"format": _FORMAT, "through": through})
-        if latest:
-            log.info("%s: indexed the pull requests of %d branches", self.bare, len(latest))
-        return through
-
-    def _read_mark(self) -> int | None:
+    def _import_files(self, db: sqlite3.Connection) -> int:
+        """Copy the records and the merge journal of earlier versions into `db` (the caller's
+        transaction): ``pulls/<n>.json`` each, an empty one being a number claimed by a process
+        that died before writing (kept, never given again), and ``merging.json``. How many
+        numbers there were. `_delete_files` deletes the files once this is committed."""
+        rows: list[tuple[int, str | None, str | None, str | None]] = []
+        folder = self.bare / _FILES_PULLS
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+            if not path.stem.isdigit():
+                continue
+            try:
+                text = path.read_text()
+                if not text.strip():
+                    rows.append((int(path.stem), None, None, None))
+                    continue
+                record = PullRecord.from_json(json.loads(text))
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise HostError(
+                    f"{path} is not a pull request record ({err}), so the records cannot be "
+                    f"moved into {self._database}: repair or delete it, then retry"
+                ) from err
+            if record.number != int(path.stem):
+                raise HostError(
+                    f"{path} holds the record of pull request #{record.number}, so the "
+                    f"records cannot be moved into {self._database}: repair or delete it, "
+                    "then retry"
+                )
+            rows.append((record.number, record.head, record.base, _encode(record)))
+        db.executemany("INSERT INTO pulls (number, head, base, record) VALUES (?, ?, ?, ?)", rows)
+        journal = self.bare / _FILES_MERGING
         try:
-            data = json.loads(self._mark.read_text())
-        except FileNotFoundError:
-            return None
-        except ValueError as err:
-            raise _StaleIndex(f"{self._mark} cannot be read: {err}") from err
-        if (
-            not isinstance(data, dict)
-            or data.get("format") != _FORMAT
-            or not isinstance(data.get("through"), int)
-        ):
-            raise _StaleIndex(f"{self._mark} is not an index mark of format {_FORMAT}")
-        return int(data["through"])
+            data = json.loads(journal.read_text()) if journal.exists() else {}
+            merging = [(int(n), str(sha)) for n, sha in data.get("merging", {}).items()]
+        except (OSError, ValueError, AttributeError) as err:
+            raise HostError(
+                f"{journal} cannot be read ({err}); it names merges that may have landed: "
+                "repair or delete it (each pull request's next look decides anew), then retry"
+            ) from err
+        db.executemany("INSERT INTO merging (number, merge_sha) VALUES (?, ?)", merging)
+        return len(rows)
 
-    def _entry_path(self, head: str) -> Path:
-        # Hashed: branch names have slashes and may be longer than a file name may be.
-        return self._index / f"{hashlib.sha256(head.encode()).hexdigest()}.json"
+    def _delete_files(self) -> None:
+        """Delete the files of earlier versions, imported into the database by now: one stat
+        each when there are none. Should deleting fail, the files are only in the way."""
+        for name in (_FILES_MERGING, *_FILES_INDEX, _FILES_PULLS):
+            path = self.bare / name
+            try:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            except OSError as err:
+                log.warning(
+                    "%s: cannot delete %s, imported into %s: %s", self.bare, name, DATABASE, err
+                )
 
-    @staticmethod
-    def _read_entry(path: Path, head: str) -> dict[str, int]:
-        """{base: number of the newest pull request from `head`}; empty when there is none."""
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return {}
-        except ValueError as err:
-            raise _StaleIndex(f"{path} cannot be read: {err}") from err
-        latest = data.get("latest") if isinstance(data, dict) else None
-        if (
-            not isinstance(latest, dict)
-            or data.get("head") != head
-            or not all(isinstance(n, int) for n in latest.values())
-        ):
-            raise _StaleIndex(f"{path} is not the index entry of {head}")
-        return latest
-
-    def _write_entry(self, path: Path, head: str, latest: dict[str, int]) -> None:
-        self._index.mkdir(parents=True, exist_ok=True)
-        _write_json(path, {"format": _FORMAT, "head": head, "latest": latest})
-
-
-_temp_names = itertools.count()
-"""Numbers the temp files of `_write_json` within this process."""
+    def _unusable(self, err: sqlite3.Error) -> HostError:
+        """`err`, from the database, as the caller should act on it."""
+        name = err.sqlite_errorname or ""
+        if name.startswith(_TRANSIENT):
+            return HostError(
+                f"cannot use the pull request database {self._database}: {err}; check that "
+                "this user may read and write it and that the disk has room, then retry"
+            )
+        return HostError(
+            f"{self._database} is not a readable pull request database ({err}): with "
+            "gitops-rollout stopped, restore it from a backup, or move it aside (with any "
+            "-wal and -shm file beside it) to start again with no pull request records"
+        )
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Replace `path` with `data` in one step: a temp file beside it, renamed over it.
-
-    No fsync: a record describes refs (``refs/pull/<n>/head``, the base branch) that git
-    itself writes without one by default (git 2.39's ``core.fsync`` default leaves references
-    out), so a record is as durable as what it describes. An fsync cost an ext4 journal
-    commit per record, which slowed the next file creations too. The rename still keeps every
-    reader from seeing a half-written file, and a crash of the process loses nothing (the
-    data is in the page cache).
-    """
-    text = json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
-    fd, tmp = _create_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+_TRANSIENT = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_CANTOPEN",
+    "SQLITE_IOERR",
+    "SQLITE_PERM",
+    "SQLITE_READONLY",
+    "SQLITE_FULL",
+)
+"""SQLite errors of the file or the disk rather than of the data: retrying may succeed."""
 
 
-def _create_beside(path: Path) -> tuple[int, Path]:
-    """A new empty file beside `path` (mode 0600, like mkstemp's), open for writing, named
-    for this process and a counter: cheaper than mkstemp's random names. One left behind by
-    a dead process that had the same pid is stepped over."""
-    while True:
-        tmp = path.parent / f".{path.name}.{os.getpid()}.{next(_temp_names)}.tmp"
-        try:
-            return os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), tmp
-        except FileExistsError:
-            continue
+def _encode(record: PullRecord) -> str:
+    return json.dumps(record.to_json(), sort_keys=True, separators=(",", ":"))
 
 
 def _iso(value: object) -> str:
