@@ -42,7 +42,7 @@ import pickle
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -61,13 +61,13 @@ from gitops_rollout.gitops.repo import BRANCH_PREFIX
 from gitops_rollout.inventory.manifests import ManifestCache, manifest_place, version_key
 from gitops_rollout.planning import Planned, RolloutKey
 from gitops_rollout.repository import Facts, PolicySummary
-from gitops_rollout.state import Phase
+from gitops_rollout.state import Phase, rollout_dir
 from gitops_rollout.transitions import Action
 from gitops_rollout.tree import Tree
 
 log = logging.getLogger(__name__)
 
-FORMAT = 5
+FORMAT = 6
 """Bumped when the file's layout changes."""
 
 STILL = (Phase.IDLE, Phase.ROLLED_BACK, Phase.PAUSED)
@@ -134,10 +134,11 @@ class PassMemo:
         self._files: dict[str, tuple[Any, ...]] = stored.get("files", {})
         """Plain tuples as stored (`_File` fields, `_Doc` fields): cheap to read."""
         self._fields: tuple[str, ...] = stored.get("fields", ())
-        self._stored_world: str | None = stored.get("world")
         self._stored_standing: tuple[str, str | None, bytes] | None = stored.get("standing")
         """What the stored entries were decided from, part by part (`_Standing.kept`): its
-        versions are unpickled only when `_quiet` needs them."""
+        versions are unpickled only when the commit read is the same or `_quiet` needs them
+        (`_before`)."""
+        self._stored_before: _Standing | None = None
         self._stored_checks: dict[int, tuple[str, str, bool]] = stored.get("merge_checks", {})
         self._stored_paths: dict[int, tuple[str, ...]] = stored.get("merge_paths", {})
         self._open = open_heads
@@ -233,28 +234,52 @@ class PassMemo:
 
     # -- skipping (repository.Skipper) --------------------------------------------------------
 
-    def skip(self, path: str, blob: str, facts: Facts) -> Sequence[PolicySummary] | None:
-        raw = self._files.get(path)
-        if raw is None or raw[0] != blob or self._open is None:
-            return None
-        docs = [_Doc._make(doc) for doc in raw[1]]
-        summaries = [PolicySummary(*doc.summary) for doc in docs]
-        if self._only is not None and any(s.name not in self._only for s in summaries):
-            return None
+    def skip(self, files: Mapping[str, str], facts: Facts) -> dict[str, list[PolicySummary]]:
+        taken: dict[str, list[PolicySummary]] = {}
+        if self._open is None:
+            return taken
         # Nothing moved since the pass that remembered the entries (same commit, inventory,
         # code): every entry holds, and only pull requests need a look.
-        unmoved = self._stored_world is not None and self._world_now(facts) == self._stored_world
+        unmoved = self._unmoved(facts)
         quiet = None if unmoved else self._quiet(facts)
-        for doc, s in zip(docs, summaries, strict=True):
-            keys = [RolloutKey(c, s.routing_namespace, s.model) for c in s.clusters]
-            if any(k.branch(BRANCH_PREFIX) in self._open for k in keys):
-                return None
-            if unmoved or (quiet is not None and all(map(quiet.untouched, keys))):
+        busy = _rollouts_of(self._open)
+        only = self._only
+        for path, blob in files.items():
+            raw = self._files.get(path)
+            if raw is None or raw[0] != blob:
                 continue
-            if self._inputs(s, facts) != doc.inputs:
-                return None
-        self._hits[path] = raw
-        return summaries
+            docs: list[tuple[Any, ...]] = raw[1]
+            summaries = [PolicySummary._make(doc[0]) for doc in docs]
+            if only is not None and any(s.name not in only for s in summaries):
+                continue
+            if all(
+                self._holds(s, inputs, facts, busy, quiet, unmoved)
+                for s, (_, inputs, _) in zip(summaries, docs, strict=True)
+            ):
+                self._hits[path] = raw
+                taken[path] = summaries
+        return taken
+
+    def _holds(
+        self,
+        s: PolicySummary,
+        inputs: str,
+        facts: Facts,
+        busy: set[tuple[str, str, str]],
+        quiet: _Quiet | None,
+        unmoved: bool,
+    ) -> bool:
+        """Whether the remembered decisions of policy `s` (made from `inputs`) still hold: no
+        pull request of its rollouts is open, and none of their inputs moved (`unmoved`: the
+        world did not; `quiet`: what did cannot reach them; else their digest says so)."""
+        ns, model = s.routing_namespace, s.model
+        if any((cluster, ns, model) in busy for cluster in s.clusters):
+            return False
+        if unmoved or (
+            quiet is not None and all(quiet.untouched(c, ns, model) for c in s.clusters)
+        ):
+            return True
+        return self._inputs(s, facts) == inputs
 
     def _inputs(self, s: PolicySummary, facts: Facts) -> str:
         """Digest of everything the policy's decisions are made from, besides its file."""
@@ -282,11 +307,27 @@ class PassMemo:
             self._key_of = (id(facts.inventory), f"{FORMAT}:{_code()}:{clusters}")
         return self._key_of[1]
 
-    def _world_now(self, facts: Facts) -> str | None:
-        """A digest of every input of every rollout this pass: the commit (policies, manifests,
-        routing files), the inventory (versions, readiness, reachability), the manifest problems
-        and the code. None for a tree that is not a commit."""
-        return self._standing_now(facts).world
+    def _unmoved(self, facts: Facts) -> bool:
+        """Whether every input of every rollout is what the stored entries were decided from:
+        the commit (policies, manifests, routing files), the inventory (versions, readiness,
+        reachability), the manifest problems and the code. Never for a tree not a commit."""
+        return self._same_standing(self._standing_now(facts))
+
+    def _same_standing(self, now: _Standing) -> bool:
+        kept = self._stored_standing
+        return (
+            kept is not None
+            and now.rev is not None
+            and (kept[0], kept[1]) == (now.rest, now.rev)
+            and self._before().versions == now.versions
+        )
+
+    def _before(self) -> _Standing:
+        """The stored `_Standing`, read once (only when there is one)."""
+        if self._stored_before is None:
+            assert self._stored_standing is not None
+            self._stored_before = _Standing.from_kept(self._stored_standing)
+        return self._stored_before
 
     def _standing_now(self, facts: Facts) -> _Standing:
         """This pass's `_Standing` (once per inventory)."""
@@ -312,8 +353,7 @@ class PassMemo:
             ):
                 changes = self._changes_since(kept[1])
                 if changes is not None:
-                    before = _Standing.from_kept(kept)
-                    self._quiet_now = _Quiet.of(changes, before, now, self.caches.manifests)
+                    self._quiet_now = _Quiet.of(changes, self._before(), now, self.caches.manifests)
         return self._quiet_now
 
     # -- reporting -----------------------------------------------------------------------------
@@ -409,7 +449,7 @@ class PassMemo:
                     break
                 docs.append(
                     _Doc(
-                        astuple(summary),
+                        (*summary,),
                         self._inputs(summary, facts),
                         tuple(tuple(row.values()) for row in rows),
                     )
@@ -428,12 +468,12 @@ class PassMemo:
             parsed.update((("p", *k), v) for k, v in policies.items())
             self._parse_log.keep(parsed)
         standing = self._standing_now(facts) if self._only is None else None
-        world = standing.world if standing is not None else None
         checks = self._listed.current_checks() if self._listed is not None else {}
         paths = self._listed.current_paths() if self._listed is not None else {}
         if (
             files == self._files
-            and world == self._stored_world
+            and standing is not None
+            and self._same_standing(standing)
             and checks == self._stored_checks
             and paths == self._stored_paths
         ):
@@ -443,7 +483,6 @@ class PassMemo:
             {
                 "files": files,
                 "fields": fields,
-                "world": world,
                 "standing": standing.kept() if standing is not None else None,
                 "merge_checks": checks,
                 "merge_paths": paths,
@@ -455,6 +494,10 @@ _Change = tuple[str, str | None, str | None]
 """(path, blob id before, blob id now; None where absent): `gitops.repo.Workspace.changes_since`."""
 
 
+_VersionNow = tuple[str, str, str, str | None, str | None, tuple[tuple[str, int], ...]]
+"""A version's model, readiness, reason, live version, attached Service and its ports."""
+
+
 @dataclass(frozen=True)
 class _Standing:
     """What every remembered decision is made from, besides the policy files, in parts."""
@@ -464,9 +507,10 @@ class _Standing:
     problems."""
     rev: str | None
     """The commit read; None for a tree that is not one."""
-    versions: dict[tuple[str, str, str, str], tuple[str, str, str, str | None]]
-    """{(cluster, kind, namespace, name): (model, readiness, reason, live version)} of every
-    version in the inventory."""
+    versions: dict[tuple[str, str, str, str], _VersionNow]
+    """{(cluster, kind, namespace, name): (model, readiness, reason, live version, Service,
+    ports)} of every version in the inventory: what `scan` and `with_status` set besides what
+    a version's own manifest says."""
 
     @classmethod
     def of(cls, pass_key: str, facts: Facts) -> _Standing:
@@ -480,6 +524,8 @@ class _Standing:
                 v.status.readiness.value,
                 v.status.reason,
                 v.status.version,
+                v.service_name,
+                tuple((port.name, port.port) for port in v.services),
             )
             for cluster, models in sorted(inventory.clusters.items())
             for found in models.models.values()
@@ -497,14 +543,15 @@ class _Standing:
         # Written by this program into its own cache directory (see `_read`).
         return cls(kept[0], kept[1], pickle.loads(kept[2]))  # noqa: S301
 
-    @functools.cached_property
-    def world(self) -> str | None:
-        """All of it in one digest (None without a commit)."""
-        if self.rev is None:
-            return None
-        digest = hashlib.sha256(f"{self.rest}:{self.rev}".encode())
-        digest.update(repr(list(self.versions.items())).encode())
-        return digest.hexdigest()
+
+def _rollouts_of(heads: frozenset[str]) -> set[tuple[str, str, str]]:
+    """(cluster, namespace, model) of each bot branch among `heads` (`RolloutKey.branch`)."""
+    found: set[tuple[str, str, str]] = set()
+    for head in heads:
+        parts = head.removeprefix(BRANCH_PREFIX).split("/")
+        if head.startswith(BRANCH_PREFIX) and len(parts) == 3:
+            found.add((parts[0], parts[1], parts[2]))
+    return found
 
 
 @dataclass(frozen=True)
@@ -514,10 +561,11 @@ class _Quiet:
 
     A rollout's digest covers, per cluster, its own folder's files and the versions of its
     model (`_inputs`). Versions come from the cluster's manifest files, parsed by blob id:
-    a changed manifest moves the models its old and new contents name, and a Service in it
-    moves every model with a version in the Service's namespace (Services attach to the
-    versions of other files). A manifest whose parse is not at hand moves its whole cluster.
-    Manifest problems and unreachable clusters are in `_Standing.rest`, which must not move.
+    a changed manifest moves the models its old and new contents name. What is set on a
+    version from outside its own manifest (the Service `scan` attaches from any file of the
+    namespace, the status) is in `_Standing.versions`: a version whose value there moved
+    moves its model. A manifest whose parse is not at hand moves its whole cluster. Manifest
+    problems and unreachable clusters are in `_Standing.rest`, which must not move.
     """
 
     folders: frozenset[str]
@@ -534,7 +582,6 @@ class _Quiet:
         folders: set[str] = set()
         models: set[tuple[str, str]] = set()
         clusters: set[str] = set()
-        namespaces: set[tuple[str, str]] = set()
         for path, old, new in changes:
             parts = path.split("/")
             folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
@@ -550,22 +597,23 @@ class _Quiet:
                     clusters.add(cluster)
                     continue
                 models.update((cluster, v.model) for v in found.versions)
-                namespaces.update((cluster, service[0]) for service in found.services)
-        for side in (before, now):
-            for key, (model, *_) in side.versions.items():
-                if (key[0], key[2]) in namespaces:
-                    models.add((key[0], model))
-        for key in before.versions.keys() | now.versions.keys():
-            was, is_ = before.versions.get(key), now.versions.get(key)
+        was_all, now_all = before.versions, now.versions
+        for key, is_ in now_all.items():
+            was = was_all.get(key)
             if was != is_:
-                models.update((key[0], side[0]) for side in (was, is_) if side is not None)
+                models.add((key[0], is_[0]))
+                if was is not None:
+                    models.add((key[0], was[0]))
+        models.update((key[0], was_all[key][0]) for key in was_all.keys() - now_all.keys())
         return cls(frozenset(folders), frozenset(models), frozenset(clusters))
 
-    def untouched(self, key: RolloutKey) -> bool:
+    def untouched(self, cluster: str, namespace: str, model: str) -> bool:
+        """Whether nothing the rollout of `model` in `namespace` of `cluster` is decided from
+        moved."""
         return (
-            key.cluster not in self.clusters
-            and (key.cluster, key.model) not in self.models
-            and key.folder not in self.folders
+            cluster not in self.clusters
+            and (cluster, model) not in self.models
+            and rollout_dir(cluster=cluster, namespace=namespace, model=model) not in self.folders
         )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from gitops_rollout.errors import Problem
 from gitops_rollout.inventory import manifests
@@ -21,9 +21,9 @@ from gitops_rollout.tree import Tree, read_all
 POLICIES = "policies"
 
 
-@dataclass(frozen=True)
-class PolicySummary:
-    """What a pass must know of a policy it does not load again (see `Skipper`)."""
+class PolicySummary(NamedTuple):
+    """What a pass must know of a policy it does not load again (see `Skipper`). A named
+    tuple: a pass makes one for each of ten thousand remembered policies."""
 
     name: str
     model: str
@@ -57,8 +57,10 @@ class Facts:
 class Skipper(Protocol):
     """Names policy files whose rollouts a pass need not load nor plan again (`memo`)."""
 
-    def skip(self, path: str, blob: str, facts: Facts) -> Sequence[PolicySummary] | None:
-        """The file's policies when every one of them can be skipped; None: load the file."""
+    def skip(self, files: Mapping[str, str], facts: Facts) -> dict[str, list[PolicySummary]]:
+        """Of `files` ({path: blob id}), those every policy of which can be skipped, with
+        their policies; the others are loaded. One call for all files: a pass over ten
+        thousand policy files should not pay a call and its set-up per file."""
         ...
 
 
@@ -107,7 +109,9 @@ def _load_policies(
     keys = _policy_files(tree)
     paths = list(keys)
     if skip is not None and facts is not None:
-        taken = {p: skip.skip(p, keys[p][1], facts) for p in paths}
+        taken: Mapping[str, Sequence[PolicySummary] | None] = skip.skip(
+            {path: blob for path, (_, blob) in keys.items()}, facts
+        )
         skipped = [s for found in taken.values() if found is not None for s in found]
         if skipped and _clash(skipped, paths, keys, taken, tree, caches):
             skipped, taken = [], {}

@@ -446,7 +446,7 @@ def test_after_a_small_change_only_what_it_touched_is_checked_again(
     assert len(checked) < took / 2, checked
 
 
-def _standing(versions: dict[tuple[str, str, str, str], tuple[str, str, str, str | None]]) -> Any:
+def _standing(versions: dict[tuple[str, str, str, str], Any]) -> Any:
     return passmemo._Standing("rest", "rev", versions)
 
 
@@ -464,14 +464,14 @@ def test_quiet_moves_exactly_what_a_change_can_reach() -> None:
     """`_Quiet` is what lets a remembered rollout keep its digest unread: every input of the
     digest that moved must move the rollout."""
     from gitops_rollout.inventory.manifests import ManifestCache
-    from gitops_rollout.planning import RolloutKey
 
-    ready = ("Ready", "", None)
+    ready = ("Ready", "", None, None, ())
     before = _standing(
         {
             ("c1", "Deployment", "ns", "a-v1"): ("a", *ready),
             ("c1", "Deployment", "ns", "b-v1"): ("b", *ready),
             ("c1", "Deployment", "other", "c-v1"): ("c", *ready),
+            ("c1", "Deployment", "other", "y-v1"): ("y", *ready),
             ("c2", "Deployment", "ns", "d-v1"): ("d", *ready),
             ("c2", "Deployment", "ns", "e-v1"): ("e", *ready),
         }
@@ -479,8 +479,10 @@ def test_quiet_moves_exactly_what_a_change_can_reach() -> None:
     now = _standing(
         {
             **before.versions,
-            ("c2", "Deployment", "ns", "d-v1"): ("d", "NotReady", "crash", None),  # readiness
+            ("c2", "Deployment", "ns", "d-v1"): ("d", "NotReady", "crash", None, None, ()),
             ("c2", "Deployment", "ns", "f-v2"): ("f", *ready),  # a new version
+            # The new Service attaches to c's version (and to no other of its namespace).
+            ("c1", "Deployment", "other", "c-v1"): ("c", *ready[:3], "svc", (("http", 80),)),
         }
     )
     cache = ManifestCache(
@@ -492,7 +494,7 @@ def test_quiet_moves_exactly_what_a_change_can_reach() -> None:
     )
     changes = [
         ("clusters/c1/ns/a/a-v1.yaml", "old", "new"),
-        ("clusters/c1/other/svc.yaml", None, "new"),  # a Service: its namespace's models
+        ("clusters/c1/other/svc.yaml", None, "new"),  # a Service: the versions it attaches to
         ("clusters/c3/ns/x/x.yaml", "gone", None),  # no parse at hand: the whole cluster
         ("clusters/c2/ns/h/rollout/routing.yaml", "r1", "r2"),  # a rollout folder
         ("policies/p.yaml", "p1", "p2"),  # not a manifest
@@ -501,17 +503,17 @@ def test_quiet_moves_exactly_what_a_change_can_reach() -> None:
     moved = {
         (cluster, model)
         for cluster in ("c1", "c2", "c3")
-        for model in "abcdefghx"
-        if not quiet.untouched(RolloutKey(cluster, "ns", model))
+        for model in "abcdefghxy"
+        if not quiet.untouched(cluster, "ns", model)
     }
     assert moved == {
         ("c1", "a"),
         ("c1", "g"),
-        ("c1", "c"),  # a version in the Service's namespace
+        ("c1", "c"),  # the Service now attached to its version; not y, in that namespace too
         ("c2", "d"),
         ("c2", "f"),
         ("c2", "h"),
-        *{("c3", m) for m in "abcdefghx"},
+        *{("c3", m) for m in "abcdefghxy"},
     }
 
 
