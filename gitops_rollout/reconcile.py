@@ -700,8 +700,8 @@ def publish(
         and (current := open_by_head.get(prop.branch)) is not None
         and _digest_of(current) == prop.digest
     }
-    still_merges = _still_merges(host, list(waiting_pulls.values()), report)
-    requests = []
+    requests: list[CommitRequest] = []
+    asked: list[_Proposal] = []
     for prop in todo:
         if prop.branch in humans:
             edited = open_by_head.get(prop.branch)
@@ -713,25 +713,35 @@ def publish(
                     d.pr, d.pr_url = edited.number, edited.url
             if edited is not None:
                 _note_human_edit(host, edited, head=edit.head, what=edit.describe(), report=report)
-            continue
-        waiting = waiting_pulls.get(prop.branch)
-        if waiting is not None and waiting.number in still_merges:
-            for d in prop.decisions:
-                d.outcome, d.pr, d.pr_url = "unchanged", waiting.number, waiting.url
-            continue
-        if prop.deferred is not None and not _materialise(prop, workspace.tree(), report):
-            continue
-        requests.append(CommitRequest(prop.branch, prop.changes, prop.message))
+        elif prop.branch in waiting_pulls:
+            asked.append(prop)
+        elif request := _request(prop, workspace, report):
+            requests.append(request)
     by_branch = {p.branch: p for p in todo}
-    # Committing and pushing is mostly git's work: the pull requests are written meanwhile.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gitops-rollout-push") as pool:
-        pushing = pool.submit(workspace.publish, requests, now=now)
-        drafts = {r.branch: by_branch[r.branch].draft(r.changes) for r in requests}
-        try:
+    try:
+        # While the commits are prepared, the host says whether the waiting pull requests
+        # still merge; one that does not is rebuilt, its commit joining the others' push.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gitops-rollout-push") as pool:
+            building = pool.submit(workspace.prepare, requests, now=now)
+            still_merges = _still_merges(host, [waiting_pulls[p.branch] for p in asked], report)
+            prepared = building.result()
+            rebuilt = []
+            for prop in asked:
+                waiting = waiting_pulls[prop.branch]
+                if waiting.number in still_merges:
+                    for d in prop.decisions:
+                        d.outcome, d.pr, d.pr_url = "unchanged", waiting.number, waiting.url
+                elif request := _request(prop, workspace, report):
+                    rebuilt.append(request)
+            prepared += workspace.prepare(rebuilt, now=now)
+            requests += rebuilt
+            # Pushing is mostly git's work: the pull requests are written meanwhile.
+            pushing = pool.submit(workspace.send, prepared, now=now)
+            drafts = {r.branch: by_branch[r.branch].draft(r.changes) for r in requests}
             results = pushing.result()
-        except RolloutError as err:
-            report.error("git", str(err))
-            return
+    except RolloutError as err:
+        report.error("git", str(err))
+        return
     opening: list[tuple[_Proposal, PullRequest | None, PushOutcome]] = []
     for result in results:
         prop = by_branch[result.branch]
@@ -752,6 +762,14 @@ def publish(
             continue
         opening.append((prop, pull, result.outcome))
     _open_and_merge(opening, drafts, host=host, report=report, touched=touched)
+
+
+def _request(prop: _Proposal, workspace: Workspace, report: PassReport) -> CommitRequest | None:
+    """What to commit for `prop` (its files rendered first when they were deferred); None
+    when they cannot be made (reported)."""
+    if prop.deferred is not None and not _materialise(prop, workspace.tree(), report):
+        return None
+    return CommitRequest(prop.branch, prop.changes, prop.message)
 
 
 def _still_merges(host: GitHost, pulls: Sequence[PullRequest], report: PassReport) -> set[int]:

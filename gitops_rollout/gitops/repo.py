@@ -243,6 +243,25 @@ class BuiltCommit:
         return self.tree == self.parent_tree
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A pass's commits built, not yet pushed (`Workspace.prepare`)."""
+
+    branches: tuple[str, ...]
+    """Every request's branch, in order."""
+    settled: tuple[PushResult, ...]
+    """The results of requests that need no push."""
+    built: tuple[BuiltCommit, ...]
+    """The commits of the others."""
+
+    def __add__(self, other: Prepared) -> Prepared:
+        return Prepared(
+            self.branches + other.branches,
+            self.settled + other.settled,
+            self.built + other.built,
+        )
+
+
 class PushOutcome(StrEnum):
     PUSHED = "pushed"
     UNCHANGED = "unchanged"
@@ -390,6 +409,8 @@ class Workspace:
         """The remote-tracking refs of the last push, written in the background (`_track`)."""
         self._ours: dict[str, list[str]] | None = None
         """`_PUSHED` as last read or written."""
+        self._edits: dict[str, HumanEdit | None] = {}
+        """`human_edits`' answer per branch, until a fetch or a push moves what it reads."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -538,6 +559,7 @@ class Workspace:
 
     def _fetch(self) -> str:
         self._heads = None
+        self._edits = {}
         code, _, err = self._run_status("fetch", "--prune", "--quiet", "origin", network=True)
         sha = self._rev(f"refs/remotes/origin/{self._o.base}") if code == 0 else None
         if code != 0 and "couldn't find remote ref" not in err:
@@ -792,11 +814,17 @@ class Workspace:
         A branch counts as edited when a commit beyond origin/<base> is not authored and
         committed by the bot identity, or when its head is not a commit this cache pushed
         (or was about to push) while we have a record for it (`_PUSHED`). One git call for
-        all branches.
+        all branches, and none for a branch asked about since the last fetch or push.
         """
         self._wait_refs()
         heads = self.remote_heads()
-        wanted = sorted(heads if branches is None else set(branches) & heads.keys())
+        asked = sorted(heads if branches is None else set(branches) & heads.keys())
+        found = self._edited([b for b in asked if b not in self._edits], heads)
+        self._edits.update(found)  # after `_edited`: its first read of `_PUSHED` may reset it
+        return {b: edit for b in asked if (edit := self._edits[b]) is not None}
+
+    def _edited(self, wanted: list[str], heads: dict[str, str]) -> dict[str, HumanEdit | None]:
+        """`human_edits` for the branches `wanted`, each one's answer (None: not edited)."""
         if not wanted:
             return {}
         stdin = f"^refs/remotes/origin/{self._o.base}\n" + "".join(
@@ -814,7 +842,7 @@ class Workspace:
             graph[sha] = (parents.split(), author.lower(), committer.lower())
         records = self._pushed()
         bot = self._o.identity.email.lower()
-        found: dict[str, HumanEdit] = {}
+        found: dict[str, HumanEdit | None] = dict.fromkeys(wanted)
         for branch in wanted:
             head = heads[branch]
             mine = _reachable(graph, head)
@@ -876,17 +904,30 @@ class Workspace:
             tmp.unlink(missing_ok=True)
             raise GitWriteError(f"could not record the commits pushed in {path}: {err}") from err
         self._ours = record
+        self._edits = {}
 
     # -- pushing -----------------------------------------------------------------------------
 
     def publish(self, requests: Sequence[CommitRequest], *, now: datetime) -> list[PushResult]:
-        """Commit and push a pass's change sets (`commit`, then `push`), skipping before any
-        commit is built what needs none: empty, already on the remote, edited by a human."""
+        """Commit and push a pass's change sets: `prepare`, then `send`."""
+        return self.send(self.prepare(requests, now=now), now=now)
+
+    def prepare(self, requests: Sequence[CommitRequest], *, now: datetime) -> Prepared:
+        """The commits of a pass's change sets, built (`commit`) but for those that need none:
+        empty, already on the remote, edited by a human (their results are known already).
+        Preparations of different branches join with ``+`` into one `send`."""
         self._wait_refs()
         settled, todo = self._settle(requests)
-        results = {r.branch: r for r in settled}
-        results.update((r.branch, r) for r in self._push_loop(self.commit(todo, now=now), now))
-        return [results[r.branch] for r in requests]
+        built = self.commit(todo, now=now)
+        return Prepared(tuple(r.branch for r in requests), tuple(settled), tuple(built))
+
+    def send(self, prepared: Prepared, *, now: datetime) -> list[PushResult]:
+        """Push what `prepared` built, in one ``git push`` as `push` does; a result per
+        request, in their order."""
+        self._wait_refs()
+        results = {r.branch: r for r in prepared.settled}
+        results.update((r.branch, r) for r in self._push_loop(prepared.built, now))
+        return [results[branch] for branch in prepared.branches]
 
     def push(self, built: Sequence[BuiltCommit], *, now: datetime) -> list[PushResult]:
         """Force-push built commits to their bot branches, all in one ``git push``.
@@ -1108,6 +1149,7 @@ class Workspace:
         self._write_pushed(settled)
         if self._heads is not None:  # the remote-tracking refs follow (`_track`)
             self._heads.update((b.branch, b.sha) for b in done)
+        self._edits = {}
         log.info("pushed %d of %d bot branch(es) to %s", len(done), len(built), self.remote)
         return [status[b.branch] for b in built]
 

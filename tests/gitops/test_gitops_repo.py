@@ -410,6 +410,35 @@ def test_head_the_bot_did_not_push_is_a_human_edit_even_with_the_bot_identity(
     assert edit.commits == () and "not at what gitops-rollout last pushed" in edit.describe()
 
 
+def test_human_edits_reads_each_branch_once_until_a_fetch_or_a_push(
+    workspace: Workspace, remote: Remote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass asks before it commits and again when it pushes: one ``git log`` serves both,
+    and what a fetch or a push moved is read again."""
+    logs: list[bytes] = []
+    run = workspace._run
+
+    def counting(*args: str, **kwargs: Any) -> bytes:
+        if args[0] == "log":
+            logs.append(kwargs.get("stdin") or b"")
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(workspace, "_run", counting)
+    workspace.publish([request(workspace, step(10))], now=T0)
+    assert workspace.human_edits([BRANCH]) == {} and workspace.human_edits() == {}
+    assert len(logs) == 1
+    human = remote.commit({ROUTING: "spec: {w: 15}\n"}, branch=BRANCH)
+    assert workspace.human_edits() == {}  # what the last fetch saw
+    workspace.fetch()
+    assert workspace.human_edits()[BRANCH].commits == (human,)
+    assert len(logs) == 2
+    tree = workspace.tree()
+    iris = {IRIS_ROUTING: b"spec: {w: 5}\n"}
+    workspace.publish([CommitRequest(IRIS, ChangeSet.build(tree, iris), MESSAGE)], now=T0)
+    assert list(workspace.human_edits()) == [BRANCH]
+    assert len(logs) == 3  # every branch again after the push (IRIS was new: not asked)
+
+
 def test_changes_since_names_each_file_with_its_blob_before_and_now(
     workspace: Workspace, remote: Remote
 ) -> None:
