@@ -718,30 +718,38 @@ def publish(
         elif request := _request(prop, workspace, report):
             requests.append(request)
     by_branch = {p.branch: p for p in todo}
-    try:
-        # While the commits are prepared, the host says whether the waiting pull requests
-        # still merge; one that does not is rebuilt, its commit joining the others' push.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gitops-rollout-push") as pool:
-            building = pool.submit(workspace.prepare, requests, now=now)
-            still_merges = _still_merges(host, [waiting_pulls[p.branch] for p in asked], report)
+    # While the commits are prepared, the host says whether the waiting pull requests still
+    # merge; one that does not is rebuilt, its commit joining the others' push.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gitops-rollout-push") as pool:
+        building = pool.submit(workspace.prepare, requests, now=now)
+        still_merges = _still_merges(host, [waiting_pulls[p.branch] for p in asked], report)
+        try:
             prepared = building.result()
-            rebuilt = []
-            for prop in asked:
-                waiting = waiting_pulls[prop.branch]
-                if waiting.number in still_merges:
-                    for d in prop.decisions:
-                        d.outcome, d.pr, d.pr_url = "unchanged", waiting.number, waiting.url
-                elif request := _request(prop, workspace, report):
-                    rebuilt.append(request)
+        except RolloutError as err:
+            report.error("git", str(err))
+            return
+        rebuilt = []
+        for prop in asked:
+            waiting = waiting_pulls[prop.branch]
+            if waiting.number in still_merges:
+                for d in prop.decisions:
+                    d.outcome, d.pr, d.pr_url = "unchanged", waiting.number, waiting.url
+            elif request := _request(prop, workspace, report):
+                rebuilt.append(request)
+        requests += rebuilt
+        try:
             prepared += workspace.prepare(rebuilt, now=now)
-            requests += rebuilt
-            # Pushing is mostly git's work: the pull requests are written meanwhile.
-            pushing = pool.submit(workspace.send, prepared, now=now)
-            drafts = {r.branch: by_branch[r.branch].draft(r.changes) for r in requests}
+        except RolloutError as err:
+            report.error("git", str(err))
+            return
+        # Pushing is mostly git's work: the pull requests are written meanwhile.
+        pushing = pool.submit(workspace.send, prepared, now=now)
+        drafts = {r.branch: by_branch[r.branch].draft(r.changes) for r in requests}
+        try:
             results = pushing.result()
-    except RolloutError as err:
-        report.error("git", str(err))
-        return
+        except RolloutError as err:
+            report.error("git", str(err))
+            return
     opening: list[tuple[_Proposal, PullRequest | None, PushOutcome]] = []
     for result in results:
         prop = by_branch[result.branch]
