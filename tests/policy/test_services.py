@@ -56,7 +56,15 @@ spec:
 """
 
 
-def _by_version(root: Path) -> dict[str, tuple[str | None, tuple[int, ...]]]:
+def _by_version(
+    root: Path, files: dict[str, list[str]]
+) -> dict[str, tuple[str | None, tuple[int, ...]]]:
+    """{model-version: (its Service, the ports)} the scan finds in `files` ({name: documents})
+    of namespace folder ``ml`` of cluster ``prod``."""
+    folder = root / "clusters" / "prod" / "ml"
+    folder.mkdir(parents=True)
+    for name, docs in files.items():
+        (folder / name).write_text("---\n".join(docs))
     inventory, problems = manifests.scan(DirTree(root))
     assert not problems, problems
     return {
@@ -75,35 +83,30 @@ def _labels(version: str, model: str | None = None) -> dict[str, str]:
 
 
 def test_the_named_service_then_the_first_selector_match(tmp_path: Path) -> None:
-    folder = tmp_path / "clusters" / "prod" / "ml"
-    folder.mkdir(parents=True)
-    (folder / "a.yaml").write_text(
-        "---\n".join(
-            [
-                _deployment("scorer-v1", "scorer", "1"),
-                _deployment("scorer-v2", "scorer", "2"),
-                _deployment("scorer-v3", "scorer", "3"),
-                _deployment("ranker-v1", "ranker", "1"),
-                # Selects v1 by its labels, but scorer-v1 has a Service of its own name.
-                _service("any-v1", 81, _labels("1")),
-                _service("scorer-v1", 80),
-                # For v2: one naming no model comes first, one naming the model after it.
-                _service("v2-any-model", 82, _labels("2")),
-                _service("v2-scorer", 83, _labels("2", "scorer")),
-                # For v3: the model's comes first, then one naming no model.
-                _service("v3-scorer", 84, _labels("3", "scorer")),
-                _service("v3-any-model", 85, _labels("3")),
-                _service("v3-other", 86, _labels("3", "scorer"), namespace="other"),
-            ]
-        )
-    )
-    (folder / "b.yaml").write_text(
+    files = {
+        "a.yaml": [
+            _deployment("scorer-v1", "scorer", "1"),
+            _deployment("scorer-v2", "scorer", "2"),
+            _deployment("scorer-v3", "scorer", "3"),
+            _deployment("ranker-v1", "ranker", "1"),
+            # Selects v1 by its labels, but scorer-v1 has a Service of its own name.
+            _service("any-v1", 81, _labels("1")),
+            _service("scorer-v1", 80),
+            # For v2: one naming no model comes first, one naming the model after it.
+            _service("v2-any-model", 82, _labels("2")),
+            _service("v2-scorer", 83, _labels("2", "scorer")),
+            # For v3: the model's comes first, then one naming no model.
+            _service("v3-scorer", 84, _labels("3", "scorer")),
+            _service("v3-any-model", 85, _labels("3")),
+            _service("v3-other", 86, _labels("3", "scorer"), namespace="other"),
+        ],
         # A later file: selects ranker v1 with the wrong model, then with its own.
-        _service("ranker-wrong", 87, _labels("1", "scorer"))
-        + "---\n"
-        + _service("ranker-right", 88, _labels("1", "ranker"))
-    )
-    assert _by_version(tmp_path) == {
+        "b.yaml": [
+            _service("ranker-wrong", 87, _labels("1", "scorer")),
+            _service("ranker-right", 88, _labels("1", "ranker")),
+        ],
+    }
+    assert _by_version(tmp_path, files) == {
         "scorer-1": ("scorer-v1", (80,)),
         "scorer-2": ("v2-any-model", (82,)),
         "scorer-3": ("v3-scorer", (84,)),
@@ -112,16 +115,12 @@ def test_the_named_service_then_the_first_selector_match(tmp_path: Path) -> None
 
 
 def test_services_of_other_namespaces_and_models_attach_to_nothing(tmp_path: Path) -> None:
-    folder = tmp_path / "clusters" / "prod" / "ml"
-    folder.mkdir(parents=True)
-    (folder / "a.yaml").write_text(
-        "---\n".join(
-            [
-                _deployment("scorer-v1", "scorer", "1"),
-                _service("elsewhere", 80, _labels("1", "scorer"), namespace="other"),
-                _service("another-model", 81, _labels("1", "ranker")),
-                _service("another-version", 82, _labels("2", "scorer")),
-            ]
-        )
-    )
-    assert _by_version(tmp_path) == {"scorer-1": (None, ())}
+    files = {
+        "a.yaml": [
+            _deployment("scorer-v1", "scorer", "1"),
+            _service("elsewhere", 80, _labels("1", "scorer"), namespace="other"),
+            _service("another-model", 81, _labels("1", "ranker")),
+            _service("another-version", 82, _labels("2", "scorer")),
+        ]
+    }
+    assert _by_version(tmp_path, files) == {"scorer-1": (None, ())}
