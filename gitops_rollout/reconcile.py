@@ -719,7 +719,9 @@ def publish(
             requests.append(request)
     by_branch = {p.branch: p for p in todo}
     # While the commits are prepared, the host says whether the waiting pull requests still
-    # merge; one that does not is rebuilt, its commit joining the others' push.
+    # merge; one that does not is rebuilt, its commit joining the others' push. (The memo's
+    # host may ask the workspace meanwhile what main changed since a commit: git reads only,
+    # each its own process, as the background fetch and ref updates already run.)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gitops-rollout-push") as pool:
         building = pool.submit(workspace.prepare, requests, now=now)
         still_merges = _still_merges(host, [waiting_pulls[p.branch] for p in asked], report)
