@@ -922,28 +922,17 @@ class Workspace:
         return Prepared(tuple(r.branch for r in requests), tuple(settled), tuple(built))
 
     def send(self, prepared: Prepared, *, now: datetime) -> list[PushResult]:
-        """Push what `prepared` built, in one ``git push`` as `push` does; a result per
-        request, in their order."""
+        """Force-push what `prepared` built to the bot branches, all in one ``git push``; a
+        result per request, in their order.
+
+        Each ref is leased on the sha we last fetched (absent: must not exist). A branch that
+        moved is fetched, checked for human commits, rebuilt on the new base (dated `now`) and
+        retried, up to `max_attempts` times with jittered backoff.
+        """
         self._wait_refs()
         results = {r.branch: r for r in prepared.settled}
         results.update((r.branch, r) for r in self._push_loop(prepared.built, now))
         return [results[branch] for branch in prepared.branches]
-
-    def push(self, built: Sequence[BuiltCommit], *, now: datetime) -> list[PushResult]:
-        """Force-push built commits to their bot branches, all in one ``git push``.
-
-        Each ref is leased on the sha we last fetched (absent: must not exist). A branch that
-        moved is fetched, checked for human commits, rebuilt on the new base (dated `now`) and
-        retried, up to `max_attempts` times with jittered backoff. Human-edited branches,
-        empty commits and branches that already hold the change are not pushed.
-        """
-        self._wait_refs()
-        settled, todo = self._settle([b.request for b in built])
-        results = {r.branch: r for r in settled}
-        keep = {r.branch for r in todo}
-        pending = [b for b in built if b.branch in keep]
-        results.update((r.branch, r) for r in self._push_loop(pending, now))
-        return [results[b.branch] for b in built]
 
     def _push_loop(self, built: Sequence[BuiltCommit], now: datetime) -> list[PushResult]:
         """Push `built` (`_push_attempts`), leaving the remote-tracking refs of what went to

@@ -823,12 +823,12 @@ def test_thousand_commits_in_one_batch(workspace: Workspace, remote: Remote) -> 
         for i in range(1000)
     ]
     start = time.perf_counter()
-    built = workspace.commit(requests, now=T0)
+    prepared = workspace.prepare(requests, now=T0)
     built_at = time.perf_counter()
-    results = workspace.push(built, now=T0)
+    results = workspace.send(prepared, now=T0)
     done = time.perf_counter()
     assert [r.outcome for r in results] == [PushOutcome.PUSHED] * 1000
-    assert len({b.sha for b in built}) == 1000
+    assert len({b.sha for b in prepared.built}) == 1000
     print(
         f"\n1000 commits built in {built_at - start:.2f}s "
         f"({1000 / (built_at - start):.0f}/s), pushed in {done - built_at:.2f}s"

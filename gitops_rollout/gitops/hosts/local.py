@@ -128,10 +128,14 @@ class PullRecord:
     """A merge commit about to become the base head (crash recovery of `merge`)."""
 
     def to_json(self) -> dict[str, Any]:
+        return json.loads(self.encode())  # type: ignore[no-any-return]
+
+    def encode(self) -> str:
+        """The record as the database stores it: `to_json`'s JSON."""
         data = asdict(self)
         data["format"] = _FORMAT
         data["state"] = self.state.value
-        return json.loads(json.dumps(data, default=_iso))  # type: ignore[no-any-return]
+        return json.dumps(data, default=_iso, sort_keys=True, separators=(",", ":"))
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> PullRecord:
@@ -780,7 +784,7 @@ class LocalHost:
     def _save(self, record: PullRecord) -> None:
         self._sql.execute(
             "INSERT OR REPLACE INTO pulls (number, head, base, record) VALUES (?, ?, ?, ?)",
-            (record.number, record.head, record.base, _encode(record)),
+            (record.number, record.head, record.base, record.encode()),
         )
 
     def _load(self, number: int) -> PullRecord:
@@ -1146,7 +1150,7 @@ class LocalHost:
                     f"records cannot be moved into {self._database}: repair or delete it, "
                     "then retry"
                 )
-            rows.append((record.number, record.head, record.base, _encode(record)))
+            rows.append((record.number, record.head, record.base, record.encode()))
         db.executemany("INSERT INTO pulls (number, head, base, record) VALUES (?, ?, ?, ?)", rows)
         journal = self.bare / _FILES_MERGING
         try:
@@ -1200,10 +1204,6 @@ _TRANSIENT = (
     "SQLITE_FULL",
 )
 """SQLite errors of the file or the disk rather than of the data: retrying may succeed."""
-
-
-def _encode(record: PullRecord) -> str:
-    return json.dumps(record.to_json(), sort_keys=True, separators=(",", ":"))
 
 
 def _iso(value: object) -> str:
