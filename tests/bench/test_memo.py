@@ -336,6 +336,30 @@ def test_memo_survives_a_new_process_and_ignores_a_damaged_file(
     assert both(sides, world) > 0
 
 
+def test_remembered_decisions_go_in_by_keyword_to_a_maker_without_positions(
+    world: Any, sides: list[Side], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Values go in by position only to a maker whose parameters are the stored fields."""
+    for _ in range(3):
+        both(sides, world)
+    made: list[dict[str, Any]] = []
+
+    def by_keyword(**fields: Any) -> reconcile.Decision:
+        made.append(fields)
+        return reconcile.Decision(**fields)
+
+    spied = passmemo.PassMemo.decisions
+
+    def keywords(
+        self: passmemo.PassMemo, view: Any, planned: Any, decisions: Any, make: Any
+    ) -> Any:
+        return spied(self, view, planned, decisions, by_keyword)
+
+    monkeypatch.setattr(passmemo.PassMemo, "decisions", keywords)
+    assert both(sides, world) > 0
+    assert made and all(tuple(m) == reconcile.Decision.__match_args__ for m in made)
+
+
 def test_policies_planned_again_are_not_parsed_again_in_the_next_process(
     world: Any, sides: list[Side], monkeypatch: pytest.MonkeyPatch
 ) -> None:
