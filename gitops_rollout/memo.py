@@ -26,9 +26,14 @@ memo is used only for a pass over every policy or a named subset of them, withou
 commands and cluster filters; `tests/bench/test_memo.py` checks that memoised passes and full
 passes decide alike.
 
-Beside the memo, a parse log keeps parse results by blob id, so the next process does not parse
-them again: every manifest, and the policies that are planned again (not remembered). A pass
-appends what it parsed anew (`_ParseLog`).
+The memo is three files next to the clone. The memo file proper (`SUFFIX`) is small and
+written whole: what the entries were decided from (`_Standing`), remembered mergeability, and
+the mark of the entry log (`ENTRIES_SUFFIX`), which holds the entries by policy file: a pass
+appends a frame with the entries that changed (`_EntryLog`, whose docstring says why a crash
+between the two writes at worst leaves the entries unused). A parse log (`PARSED_SUFFIX`) keeps
+parse results by blob id, so the next process does not parse them again: every manifest, and
+the policies that are planned again (not remembered); a pass appends what it parsed anew
+(`_ParseLog`).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, ClassVar, NamedTuple, Protocol, Self, TypeVar
 
 from gitops_rollout import planning, repository
 from gitops_rollout.errors import RolloutError
@@ -67,20 +72,25 @@ from gitops_rollout.tree import Tree
 
 log = logging.getLogger(__name__)
 
-FORMAT = 6
-"""Bumped when the file's layout changes."""
+FORMAT = 7
+"""Bumped when the files' layout changes."""
 
 STILL = (Phase.IDLE, Phase.ROLLED_BACK, Phase.PAUSED)
 """Phases whose next decision does not depend on the time."""
 
 SUFFIX = ".memo"
+"""The memo file: what the entries were decided from, and the mark of the entry log."""
+
+ENTRIES_SUFFIX = ".entries"
+"""Beside the memo: its entries, by policy file (`_EntryLog`)."""
 
 PARSED_SUFFIX = ".parsed"
 """Beside the memo: the parse caches' entries (`_ParseLog`)."""
 
 COMPACT_MIN = 1_000
-"""Entries no longer wanted that the parse log keeps at most, or a quarter of those wanted if
-more, before it is written anew."""
+"""Records that no longer count (entries overwritten or removed since, removals, keys no
+longer wanted) that a log (`_Log`) keeps at most, or a quarter of the entries wanted if more,
+before it is written anew."""
 
 
 class DecisionLike(Protocol):
@@ -155,6 +165,8 @@ class PassMemo:
         self._listed: _ListedOnce | None = None
         self._parse_log: _ParseLog | None = None
         """Where the parse caches' entries are kept for the next process (`open` sets it)."""
+        self._entry_log: _EntryLog | None = None
+        """The file the entries (`_files`) were read from (`open` sets it)."""
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -184,7 +196,7 @@ class PassMemo:
         `changes_since` with the blob ids on either side."""
         path = git_dir.parent / (git_dir.name.removesuffix(".git") + SUFFIX)
         caches = caches if caches is not None else repository.Caches()
-        stored = _read(path)
+        stored, entry_log = _read(path)
         parse_log, parsed = _ParseLog.read(path.with_suffix(PARSED_SUFFIX))
         for (kind, *rest), value in parsed.items():
             target: dict[Any, Any] = caches.manifests.entries if kind == "m" else caches.policies
@@ -198,11 +210,11 @@ class PassMemo:
             log.info("pass memo not used: listing pull requests failed: %s", err)
             memo = cls(path, caches, stored, None, only)
             memo._listed = _ListedOnce(host, key, error=err)
-            memo._parse_log = parse_log
+            memo._parse_log, memo._entry_log = parse_log, entry_log
             return memo
         heads = frozenset(p.head for p in pulls if p.state is PullState.OPEN)
         memo = cls(path, caches, stored, heads, only)
-        memo._parse_log = parse_log
+        memo._parse_log, memo._entry_log = parse_log, entry_log
         memo._changes_since = changes_since
         memo._listed = _ListedOnce(
             host,
@@ -416,7 +428,9 @@ class PassMemo:
         failed: bool,
     ) -> None:
         """Remember the policies of this pass that stood still (nothing when the pass failed
-        somewhere: a decision cut short by an error is no evidence)."""
+        somewhere: a decision cut short by an error is no evidence). Writes nothing when
+        nothing changed; else appends the entries that did to the entry log, and writes the
+        small memo file anew (`_write`)."""
         if self.path is None or self._planned is None or failed:
             return
         facts = Facts(view.tree, view.inventory, view.broken)
@@ -486,10 +500,14 @@ class PassMemo:
             and paths == self._stored_paths
         ):
             return
+        entry_log = self._entry_log
+        if entry_log is None:
+            entry_log = _EntryLog(self.path.with_suffix(ENTRIES_SUFFIX), {})
         _write(
             self.path,
+            entry_log,
+            files,
             {
-                "files": files,
                 "fields": fields,
                 "standing": standing.kept() if standing is not None else None,
                 "merge_checks": checks,
@@ -625,72 +643,182 @@ class _Quiet:
         )
 
 
-class _ParseLog:
-    """Parse results by key (("m", path, blob) for manifests, ("p", path, blob) for policies)
-    in a file of pickled frames: a header, then entries. A pass that parsed a few new files
-    appends one frame with them; the file is written anew only when it holds too many entries
-    no longer wanted (`COMPACT_MIN`), or could not be read to its end. Ten thousand parsed
-    manifests take a tenth of a second to pickle; a pass that changed one percent of them
-    should not pay that.
+class _Log:
+    """A dict kept in a file of pickled frames, so that a pass that changed a few of its
+    entries does not write them all again: ten thousand entries take from a fiftieth to a
+    tenth of a second to pickle, and a pass that changed one percent of them should not pay
+    that.
 
-    Stale entries are read back into the parse caches, where they are never asked for.
+    The file is a header (`KIND`, `FORMAT`, `_code()` and a token naming this writing of the
+    file), then frames `(changed, removed)`: the entries set and the keys dropped since the
+    frame before. `keep` appends one frame with what changed, in one `write` (a frame cut
+    short is where the next `read` stops). The file is written anew, whole (a temporary file,
+    then `os.replace`, under a new token), only when it was missing, foreign or could not be
+    read to its end, or when the records its frames hold that no longer count (entries
+    overwritten or removed since, removals, keys no longer wanted) outnumber `COMPACT_MIN`
+    and a quarter of the entries wanted.
+
+    `EXACT`: a read gives back exactly the dict last kept; a changed value is written again
+    and a key no longer wanted is written as removed. Otherwise a key names one value for
+    good (parse results by blob id): only new keys are written, and keys no longer wanted are
+    read back (where they are never asked for) until the file is written anew.
     """
 
-    def __init__(self, path: Path, keys: set[tuple[str, ...]], whole: bool) -> None:
+    KIND: ClassVar[str]
+    EXACT: ClassVar[bool]
+
+    def __init__(
+        self,
+        path: Path,
+        held: dict[Any, Any],
+        *,
+        records: int = 0,
+        token: str = "",
+        frames: int = 0,
+        whole: bool = False,
+    ) -> None:
         self.path = path
-        self._keys = keys
-        """The keys the file holds."""
+        self._held = held
+        """What a read of the file gives."""
+        self._records = records
+        """Entries and removals in the file's frames, counting those that no longer count."""
+        self._token = token
+        self._frames = frames
         self._whole = whole
         """False: the file is missing, foreign or damaged, and is written anew."""
 
+    @property
+    def mark(self) -> tuple[str, int]:
+        """The writing of the file and the number of its frames that hold what was last kept
+        or read (what `read`'s `upto` takes)."""
+        return (self._token, self._frames)
+
     @classmethod
-    def read(cls, path: Path) -> tuple[_ParseLog, dict[tuple[str, ...], Any]]:
-        entries: dict[tuple[str, ...], Any] = {}
+    def read(cls, path: Path, upto: tuple[str, int] | None = None) -> tuple[Self, dict[Any, Any]]:
+        """The log in `path` and the entries it holds. With `upto` (a `mark`), the entries of
+        that many frames of that writing of the file, or none at all when the file is not
+        that writing or ends before (frames beyond are left out, and the file is written anew
+        by the next `keep`). Without, those of every frame up to a damaged one."""
+        fresh = cls(path, {})
+        entries: dict[Any, Any] = {}
+        frames = records = 0
+        token = ""
         try:
             with path.open("rb") as handle:
                 # Written by this program into its own cache directory, under the workspace
                 # lock; whoever can change it can change the clone next to it.
-                if pickle.load(handle) != _header():  # noqa: S301
-                    return cls(path, set(), whole=False), {}
-                while handle.peek(1):
-                    entries.update(pickle.load(handle))  # noqa: S301
+                header = pickle.load(handle)  # noqa: S301
+                if (
+                    not isinstance(header, tuple)
+                    or len(header) != 4
+                    or header[:3] != (cls.KIND, FORMAT, _code())
+                ):
+                    return fresh, {}
+                token = header[3]
+                if upto is not None and upto[0] != token:
+                    return fresh, {}
+                while handle.peek(1) and (upto is None or frames < upto[1]):
+                    changed, removed = pickle.load(handle)  # noqa: S301
+                    entries.update(changed)
+                    for key in removed:
+                        entries.pop(key, None)
+                    frames += 1
+                    records += len(changed) + len(removed)
+                whole = not handle.peek(1)
         except FileNotFoundError:
-            return cls(path, set(), whole=False), {}
+            return fresh, {}
         except Exception as err:  # a damaged frame (a write cut short): keep what came before
-            log.info("parse log %s read up to a damaged frame: %s", path, err)
-            return cls(path, set(entries), whole=False), entries
-        return cls(path, set(entries), whole=True), entries
+            log.info("%s read up to a damaged frame: %s", path, err)
+            whole = False
+        if upto is not None and frames != upto[1]:
+            return fresh, {}
+        held = cls(path, entries, records=records, token=token, frames=frames, whole=whole)
+        return held, entries
 
-    def keep(self, wanted: Mapping[tuple[str, ...], Any]) -> None:
-        """Have the file hold every entry of `wanted`."""
-        stale = len(self._keys - wanted.keys())
+    def keep(self, wanted: Mapping[Any, Any]) -> bool:
+        """Have the file hold `wanted` (as `EXACT` says); False when it could not be written
+        (the file is then written anew next time)."""
+        held = self._held
+        removed: list[Any] = []
+        if self.EXACT:
+            changed = {
+                k: v
+                for k, v in wanted.items()
+                if (old := held.get(k, _ABSENT)) is not v and old != v
+            }
+            removed = [k for k in held if k not in wanted]
+        else:
+            changed = {k: v for k, v in wanted.items() if k not in held}
+        records = self._records + len(changed) + len(removed)
         try:
-            if not self._whole or stale > max(COMPACT_MIN, len(wanted) // 4):
-                fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", dir=self.path.parent)
-                try:
-                    with os.fdopen(fd, "wb") as out:
-                        pickle.dump(_header(), out, protocol=5)
-                        pickle.dump(dict(wanted), out, protocol=5)
-                    os.replace(tmp, self.path)
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
-                    raise
-                self._keys, self._whole = set(wanted), True
-                return
-            new = {k: v for k, v in wanted.items() if k not in self._keys}
-            if new:
+            if not self._whole or records - len(wanted) > max(COMPACT_MIN, len(wanted) // 4):
+                self._rewrite(dict(wanted))
+            elif changed or removed:
                 with self.path.open("ab") as out:
                     # One write; a frame cut short is where the next `read` stops.
-                    out.write(pickle.dumps(new, protocol=5))
-                self._keys |= new.keys()
+                    out.write(pickle.dumps((changed, removed), protocol=5))
+                self._held = dict(wanted) if self.EXACT else held | changed
+                self._records, self._frames = records, self._frames + 1
         except OSError as err:
-            log.warning("could not keep parse results in %s: %s", self.path, err)
+            log.warning("could not write %s: %s", self.path, err)
             self._whole = False
+            return False
+        return True
+
+    def _rewrite(self, wanted: dict[Any, Any]) -> None:
+        token = os.urandom(8).hex()
+        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                pickle.dump((self.KIND, FORMAT, _code(), token), out, protocol=5)
+                pickle.dump((wanted, []), out, protocol=5)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._held, self._records, self._whole = wanted, len(wanted), True
+        self._token, self._frames = token, 1
 
 
-def _header() -> tuple[str, int, str]:
-    return ("gitops-rollout parse log", FORMAT, _code())
+_ABSENT = object()
+
+
+class _ParseLog(_Log):
+    """Parse results by key (("m", path, blob) for manifests, ("p", path, blob) for policies),
+    kept for the next process. A key names one parse for good; those no longer wanted are read
+    back into the parse caches, where they are never asked for."""
+
+    KIND = "gitops-rollout parse log"
+    EXACT = False
+
+
+class _EntryLog(_Log):
+    """The memo's entries (`_File` fields by policy file path), beside the memo file that says
+    what they were decided from.
+
+    The two files are written one after the other, so a crash can leave either one from the
+    save before. The memo file (written whole, atomically, after the log) names the `mark` of
+    the log that holds its entries, and `read` takes exactly the frames it names, or no
+    entries at all:
+
+    - a crash in or after the append, before the memo file is written: the log holds a frame
+      (whole or cut short) that the memo file does not name; it is left out, and the entries
+      are those the memo file's standing was decided with; the next save writes the log anew;
+    - a crash after the log was written anew (a new token), before the memo file: the memo
+      file names the earlier writing: no entry is used (the pass plans everything);
+    - a log that ends before the frames named (a frame lost or cut short later, by the file
+      system or by hand): no entry is used either.
+
+    So a memo file is only ever read with the very entries it was written with, which the
+    `unmoved` and `_Quiet` shortcuts rely on (they trust every entry decided under the stored
+    standing without looking at its digest); at worst, entries are not used. Neither file is
+    synced to disk, and nothing relies on the order in which the writes reach it: whichever
+    of them a power loss keeps, the memo file finds the frames it names, or no entries.
+    """
+
+    KIND = "gitops-rollout memo entries"
+    EXACT = True
 
 
 def _plain(entry: _File) -> tuple[Any, ...]:
@@ -907,27 +1035,44 @@ def _current_manifests(tree: Tree, cache: ManifestCache) -> dict[tuple[str, str]
     return out
 
 
-def _read(path: Path) -> dict[str, Any] | None:
+def _read(path: Path) -> tuple[dict[str, Any] | None, _EntryLog]:
+    """The memo file at `path` with its entries under "files" (None when it is missing,
+    foreign or damaged), and the entry log they were read from."""
+    entry_log = _EntryLog(path.with_suffix(ENTRIES_SUFFIX), {})
     try:
         with path.open("rb") as handle:
             # The memo is written by this program into its own cache directory, under the
             # workspace lock; whoever can change it can change the clone next to it.
             data = pickle.load(handle)  # noqa: S301
     except FileNotFoundError:
-        return None
+        return None, entry_log
     except Exception as err:  # a damaged or foreign file: start afresh
         log.info("pass memo %s not used: %s", path, err)
-        return None
-    if not isinstance(data, dict) or data.get("format") != (FORMAT, _code()):
-        return None
-    return data
+        return None, entry_log
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != (FORMAT, _code())
+        or not isinstance(data.get("entries"), tuple)
+    ):
+        return None, entry_log
+    # The entries the memo file was written with, or none (`_EntryLog`).
+    entry_log, files = _EntryLog.read(entry_log.path, upto=data["entries"])
+    return {**data, "files": files}, entry_log
 
 
-def _write(path: Path, data: dict[str, Any]) -> None:
+def _write(
+    path: Path, entry_log: _EntryLog, files: Mapping[str, Any], data: dict[str, Any]
+) -> None:
+    """Have the memo file at `path` hold `data`, and `entry_log` the entries `files`: the
+    entries first, then the memo file naming them (`_EntryLog`); nothing more when the
+    entries could not be written (the memo file still names those it was written with)."""
+    if not entry_log.keep(files):
+        return
+    data = {"format": (FORMAT, _code()), "entries": entry_log.mark, **data}
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            pickle.dump({"format": (FORMAT, _code()), **data}, handle, protocol=5)
+            pickle.dump(data, handle, protocol=5)
         os.replace(tmp, path)
     except OSError as err:
         log.warning("could not write the pass memo %s: %s", path, err)

@@ -434,6 +434,161 @@ def test_the_parse_log_keeps_what_it_read_before_a_damaged_frame(
     assert passmemo._ParseLog.read(path)[1] == {}
 
 
+def _entry(i: int, note: str = "") -> tuple[Any, ...]:
+    """A memo entry shaped like the real ones (`memo._File` fields as plain tuples)."""
+    summary = (f"m{i}", f"m{i}", ("c1",), "ns", f"policies/m{i}.yaml", 1)
+    decision = (f"m{i}", "c1", "ns", f"m{i}", "none", "", "", note, "Idle", "", "none", None, "")
+    return (f"{i:040x}", ((summary, f"{i:064x}", (decision,)),))
+
+
+def _save(path: Path, files: dict[str, Any]) -> None:
+    """What a pass does with the memo's files: read them at the start, write at the end."""
+    _, entry_log = passmemo._read(path)
+    small = {"fields": ("policy",), "standing": None, "merge_checks": {}, "merge_paths": {}}
+    passmemo._write(path, entry_log, files, small)
+
+
+def _entries(path: Path) -> dict[str, Any] | None:
+    stored, _ = passmemo._read(path)
+    return None if stored is None else stored["files"]
+
+
+def _frames(path: Path) -> int:
+    return passmemo._read(path)[1].mark[1]
+
+
+def test_a_save_appends_the_entries_that_changed_and_a_removal_reads_back_as_gone(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "cache.memo"
+    entries = path.with_suffix(passmemo.ENTRIES_SUFFIX)
+    first = {f"policies/m{i}.yaml": _entry(i) for i in range(100)}
+    _save(path, first)
+    assert _entries(path) == first and _frames(path) == 1
+    before = entries.stat()
+    # One entry changed, one gone, one new: a small frame is appended.
+    second = dict(first) | {"policies/m1.yaml": _entry(1, "moved"), "new.yaml": _entry(100)}
+    del second["policies/m2.yaml"]
+    _save(path, second)
+    after = entries.stat()
+    assert after.st_ino == before.st_ino
+    assert before.st_size < after.st_size < before.st_size + before.st_size // 10
+    assert _entries(path) == second and _frames(path) == 2
+    # The same entries again: nothing appended.
+    _save(path, second)
+    assert entries.stat().st_size == after.st_size and _frames(path) == 2
+    # Gone again after coming back.
+    _save(path, first)
+    _save(path, second)
+    assert _entries(path) == second and _frames(path) == 4
+
+
+def test_the_entry_log_is_written_anew_once_more_is_superseded_than_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(passmemo, "COMPACT_MIN", 10)
+    path = tmp_path / "cache.memo"
+    entries = path.with_suffix(passmemo.ENTRIES_SUFFIX)
+    files = {f"p{i}": _entry(i) for i in range(40)}  # a quarter of them: 10
+    _save(path, files)
+    inode = entries.stat().st_ino
+    for n in range(5):  # two superseded a save: ten, not more than allowed
+        files = files | {"p0": _entry(0, str(n)), "p1": _entry(1, str(n))}
+        _save(path, files)
+        assert entries.stat().st_ino == inode
+    assert _frames(path) == 6
+    size = entries.stat().st_size
+    files = files | {"p0": _entry(0, "last"), "p1": _entry(1, "last")}
+    _save(path, files)
+    assert entries.stat().st_ino != inode and entries.stat().st_size < size
+    assert _entries(path) == files and _frames(path) == 1
+
+
+def test_a_save_cut_short_leaves_the_entries_before_it_and_the_next_writes_anew(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "cache.memo"
+    entries = path.with_suffix(passmemo.ENTRIES_SUFFIX)
+    first = {f"p{i}": _entry(i) for i in range(20)}
+    second = first | {"p0": _entry(0, "second")}
+    third = second | {"p1": _entry(1, "third")}
+    _save(path, first)
+    _save(path, second)
+    memo_file = path.read_bytes()
+    for cut in (3, 0):
+        # The process died in the append (cut short by a few bytes) or right after it
+        # (the frame is whole), before it wrote the memo file.
+        _save(path, third)
+        path.write_bytes(memo_file)
+        entries.write_bytes(entries.read_bytes()[: -cut or None])
+        assert _entries(path) == second
+        # The next save writes the log anew, whole.
+        inode = entries.stat().st_ino
+        _save(path, third)
+        assert entries.stat().st_ino != inode
+        assert _entries(path) == third and _frames(path) == 1
+        _save(path, first)
+        _save(path, second)
+        memo_file = path.read_bytes()
+
+
+def test_a_memo_file_whose_entries_are_not_in_the_log_uses_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "cache.memo"
+    entries = path.with_suffix(passmemo.ENTRIES_SUFFIX)
+    first = {f"p{i}": _entry(i) for i in range(20)}
+    second = first | {"p0": _entry(0, "second")}
+    _save(path, first)
+    _save(path, second)
+    # The frame the memo file names was cut short after it was written.
+    entries.write_bytes(entries.read_bytes()[:-3])
+    assert _entries(path) == {}
+    _save(path, second)
+    assert _entries(path) == second
+    # The log was written anew and the process died before it wrote the memo file.
+    memo_file = path.read_bytes()
+    passmemo._write(path, passmemo._EntryLog(entries, {}), first, {})
+    assert _entries(path) == first
+    path.write_bytes(memo_file)
+    assert _entries(path) == {}
+    # Another release of the code: neither file is used.
+    _save(path, second)
+    monkeypatch.setattr(passmemo, "_code", lambda: "another release")
+    assert _entries(path) is None
+    assert passmemo._EntryLog.read(entries, upto=("", 1))[1] == {}
+
+
+def test_a_pass_that_changed_nothing_writes_nothing_and_one_that_did_appends(
+    world: Any, sides: list[Side]
+) -> None:
+    memo, _ = sides
+    for _ in range(4):
+        both(sides, world)
+    [memo_file] = list((memo.root / "cache").glob("*" + passmemo.SUFFIX))
+    [entries] = list((memo.root / "cache").glob("*" + passmemo.ENTRIES_SUFFIX))
+
+    def stats() -> list[tuple[int, int, int]]:
+        return [(s.st_ino, s.st_size, s.st_mtime_ns) for s in map(Path.stat, (memo_file, entries))]
+
+    before = stats()
+    assert both(sides, world) > 0
+    assert stats() == before, "a pass that changed nothing wrote the memo"
+    # A policy edit: its entry is written again, appended.
+    name = next(m for m in world.models if not m.candidate and len(m.clusters) == 1).name
+
+    def edit(root: Path) -> None:
+        policy = root / "policies" / f"{name}.yaml"
+        policy.write_text(policy.read_text() + "# edited\n")
+
+    on_both(sides, "edit a policy", edit)
+    both(sides, world)
+    both(sides, world)
+    after = entries.stat()
+    assert after.st_ino == before[1][0]
+    assert before[1][1] < after.st_size < before[1][1] + before[1][1] // 4
+
+
 def test_after_a_small_change_only_what_it_touched_is_checked_again(
     world: Any, sides: list[Side], monkeypatch: pytest.MonkeyPatch
 ) -> None:
