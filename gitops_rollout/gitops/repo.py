@@ -487,14 +487,30 @@ class Workspace:
     def _configure(self, git_dir: Path) -> None:
         """Point origin at the remote and fetch only the base and the bot's branches.
 
-        Rewritten on every open, so a changed base branch or URL takes effect.
+        Checked on every open (one git process) and rewritten when it differs, so a changed
+        base branch or URL takes effect.
         """
-        self._run("config", "remote.origin.url", self.remote, git_dir=git_dir)
-        self._run_status("config", "--unset-all", "remote.origin.fetch", git_dir=git_dir)
-        for refspec in (
+        refspecs = [
             f"+refs/heads/{self._o.base}:refs/remotes/origin/{self._o.base}",
             f"+refs/heads/{BRANCH_PREFIX}*:refs/remotes/origin/{BRANCH_PREFIX}*",
-        ):
+        ]
+        code, out, _ = self._run_status(
+            "config", "--get-regexp", r"^remote\.origin\.(url|fetch|tagopt)$", git_dir=git_dir
+        )
+        found: dict[str, list[str]] = {}
+        for line in out.decode(errors="replace").splitlines() if code == 0 else []:
+            key, _, value = line.partition(" ")
+            found.setdefault(key, []).append(value)
+        wanted = {
+            "remote.origin.url": [self.remote],
+            "remote.origin.fetch": refspecs,
+            "remote.origin.tagopt": ["--no-tags"],
+        }
+        if found == wanted:
+            return
+        self._run("config", "remote.origin.url", self.remote, git_dir=git_dir)
+        self._run_status("config", "--unset-all", "remote.origin.fetch", git_dir=git_dir)
+        for refspec in refspecs:
             self._run("config", "--add", "remote.origin.fetch", refspec, git_dir=git_dir)
         self._run("config", "remote.origin.tagOpt", "--no-tags", git_dir=git_dir)
 

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import pytest
-from gitops_helpers import Clock, Remote, git
+from gitops_helpers import T0, Clock, Remote, git, identity_env
 
 from gitops_rollout.errors import HostError, RolloutError
 from gitops_rollout.gitops.hosts import local
@@ -276,7 +276,7 @@ def test_unknown_and_closed_numbers_answer_in_place(host: LocalHost, remote: Rem
     assert isinstance(unknown, HostError) and "no pull request #99" in str(unknown)
 
 
-def test_mergeable_many_asks_git_once_per_batch_and_once_per_open_pull_request(
+def test_mergeable_many_asks_git_once_per_batch_and_once_for_all_trial_merges(
     host: LocalHost, remote: Remote, git_calls: list[str]
 ) -> None:
     for m in MODELS:
@@ -292,7 +292,7 @@ def test_mergeable_many_asks_git_once_per_batch_and_once_per_open_pull_request(
 
     assert answers[:3] == [True, False, None]
     assert isinstance(answers[3], HostError) and "no pull request #99" in str(answers[3])
-    assert sorted(git_calls) == sorted(["cat-file", "for-each-ref", "merge-tree", "merge-tree"])
+    assert sorted(git_calls) == sorted(["cat-file", "for-each-ref", "merge-tree"])
     assert [host.mergeable(n) for n in (wisdom, iris, scoring)] == [True, False, None]
 
 
@@ -339,13 +339,49 @@ def test_mergeable_many_answers_as_mergeable_does_one_at_a_time(
     ]
 
 
-def test_mergeable_many_runs_its_trial_merges_at_once_each_error_in_its_place(
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+"""The tree every git repository has without storing it."""
+
+
+def unrelated(remote: Remote, model: str) -> None:
+    """`model`'s bot branch moved to a commit sharing no history with main: no merge of it
+    can be made at all."""
+    where = ("--git-dir", str(remote.path))
+    lone = git(*where, "commit-tree", EMPTY_TREE, "-m", "lone", env=identity_env(T0)).strip()
+    git(*where, "update-ref", f"refs/heads/{head_of(model)}", lone)
+
+
+def test_when_git_cannot_make_one_trial_merge_each_is_made_alone_its_error_in_its_place(
+    host: LocalHost, remote: Remote, git_calls: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local, "TRIAL_MERGES_AT_ONCE", 2)
+    numbers = open_all_of(host, remote, MANY)
+    unrelated(remote, MANY[1])
+    git_calls.clear()
+
+    answers = host.mergeable_many(numbers)
+
+    assert answers[0] is True and answers[2:] == [True, True, True]
+    assert isinstance(answers[1], HostError)
+    assert "refusing to merge unrelated histories" in str(answers[1])
+    # Two batches side by side (git gives up on one), then one per pull request.
+    assert git_calls.count("merge-tree") == 2 + len(MANY)
+
+
+def test_without_merge_tree_stdin_the_trial_merges_run_alone_at_once_each_error_in_its_place(
     host: LocalHost, remote: Remote, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """As with a git older than ``merge-tree --stdin`` (2.38): it refuses the option."""
     numbers = open_all_of(host, remote, MANY)
     broken = host.show(numbers[1]).head_sha
     events: list[str] = []
     trial_merge = LocalHost._trial_merge
+    run_bytes = local._Repo.run_bytes
+
+    def old_git(self: Any, *args: str, **kwargs: Any) -> tuple[int, bytes, str]:
+        if "--stdin" in args:
+            return 129, b"", "error: unknown option `stdin'"
+        return run_bytes(self, *args, **kwargs)
 
     def slow(self: LocalHost, base: str, head: str) -> tuple[str, list[str] | None]:
         events.append("start")
@@ -357,6 +393,7 @@ def test_mergeable_many_runs_its_trial_merges_at_once_each_error_in_its_place(
         finally:
             events.append("end")
 
+    monkeypatch.setattr(local._Repo, "run_bytes", old_git)
     monkeypatch.setattr(LocalHost, "_trial_merge", slow)
     monkeypatch.setattr(local, "TRIAL_MERGES_AT_ONCE", 2)
 
@@ -367,3 +404,22 @@ def test_mergeable_many_runs_its_trial_merges_at_once_each_error_in_its_place(
     running = list(itertools.accumulate(1 if e == "start" else -1 for e in events))
     assert len(events) == 2 * len(MANY)
     assert max(running) == 2  # two at once, never more than allowed
+
+
+@pytest.mark.parametrize(
+    ("out", "count", "read"),
+    [
+        (b"1\x00t1\x00\x00", 1, [("t1", None)]),
+        (b"0\x00t1\x00b\x00a\x00b\x00\x001\x00t2\x00\x00", 2, [("t1", ["a", "b"]), ("t2", None)]),
+        (b"1\x00t1\x00\x00", 2, None),  # a merge missing
+        (b"1\x00t1\x00\x001\x00t2\x00\x00", 1, None),  # one too many
+        (b"1\x00t1\x00a\x00\x00", 1, None),  # files after a clean merge
+        (b"0\x00t1\x00a\x00", 1, None),  # the files' end cut off
+        (b"2\x00t1\x00\x00", 1, None),  # no such status
+        (b"", 1, None),
+    ],
+)
+def test_batched_trial_merges_are_read_only_in_the_shape_git_writes(
+    out: bytes, count: int, read: list[tuple[str, list[str] | None]] | None
+) -> None:
+    assert local._merges_read(out, count) == read

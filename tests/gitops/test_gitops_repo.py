@@ -6,6 +6,7 @@ import json
 import logging
 import random
 import re
+import shutil
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -19,6 +20,7 @@ from gitops_rollout.errors import GitWriteError
 from gitops_rollout.gitops import repo as repo_module
 from gitops_rollout.gitops.changeset import ChangeSet
 from gitops_rollout.gitops.repo import (
+    BRANCH_PREFIX,
     CommitMessage,
     CommitRequest,
     PushOutcome,
@@ -280,6 +282,43 @@ def test_reopening_with_another_base_fetches_that_base(remote: Remote, tmp_path:
     with Workspace.open(str(remote.path), cache_dir=tmp_path / "c", base="release") as ws:
         assert ws.fetch() == remote.sha("release")
         assert "README.md" in ws.tree().paths()
+
+
+def test_the_clone_is_configured_again_only_when_the_base_or_the_remote_changed(
+    remote: Remote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every open checks the clone's origin (one git process); it writes only what moved."""
+    writes: list[tuple[str, ...]] = []
+    run = Workspace._run
+
+    def counting(self: Workspace, *args: str, **kwargs: Any) -> bytes:
+        if args[0] == "config" and len(args) > 2 and args[1] != "--get-all":  # not ours below
+            writes.append(args)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(Workspace, "_run", counting)
+    remote.commit({"README.md": "release\n"}, branch="release")
+    moved = tmp_path / "moved.git"
+    shutil.copytree(remote.path, moved)
+
+    def reopen(url: Path, base: str = "main") -> int:
+        with Workspace.open(str(url), cache_dir=tmp_path / "c", base=base) as ws:
+            assert ws.fetch() == remote.sha(base)
+            fetch = ws._run("config", "--get-all", "remote.origin.fetch").decode().split()
+            assert fetch == [
+                f"+refs/heads/{base}:refs/remotes/origin/{base}",
+                f"+refs/heads/{BRANCH_PREFIX}*:refs/remotes/origin/{BRANCH_PREFIX}*",
+            ]
+            assert ws._run("config", "remote.origin.url").decode().strip() == str(url)
+        return len(writes)
+
+    first = reopen(remote.path)
+    assert first > 0
+    assert reopen(remote.path) == first
+    release = reopen(remote.path, "release")
+    assert release > first
+    assert reopen(remote.path, "release") == release
+    assert reopen(moved, "release") > release
 
 
 def test_one_process_per_cache(workspace: Workspace, remote: Remote, tmp_path: Path) -> None:
