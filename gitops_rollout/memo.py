@@ -32,8 +32,8 @@ the mark of the entry log (`ENTRIES_SUFFIX`), which holds the entries by policy 
 appends a frame with the entries that changed (`_EntryLog`, whose docstring says why a crash
 between the two writes at worst leaves the entries unused). A parse log (`PARSED_SUFFIX`) keeps
 parse results by blob id, so the next process does not parse them again: every manifest, and
-the policies that are planned again (not remembered); a pass appends what it parsed anew
-(`_ParseLog`).
+the policies the pass planned; a pass appends what it parsed anew (`_ParseLog`), on a thread
+while it publishes (`keep_parses`).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import os
 import pickle
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +168,8 @@ class PassMemo:
         """Where the parse caches' entries are kept for the next process (`open` sets it)."""
         self._entry_log: _EntryLog | None = None
         """The file the entries (`_files`) were read from (`open` sets it)."""
+        self._keeping: threading.Thread | None = None
+        """Writing the parse log (`keep_parses`)."""
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -420,6 +423,45 @@ class PassMemo:
 
     # -- remembering ---------------------------------------------------------------------------
 
+    def keep_parses(self, view: repository.RepositoryView) -> None:
+        """Begin writing this pass's parse results to the parse log, on a thread: they are
+        known once the rollouts are planned, and the pass then mostly waits for git (the push,
+        the host's merges) while the log's pickling needs the interpreter (half a second for
+        ten thousand parsed policies). `save` waits for it. Every manifest of the tree is
+        kept, and every planned policy: those that stand still from now on are left for the
+        next compaction to drop."""
+        if self._parse_log is None or self._planned is None or self._keeping is not None:
+            return
+        parsed = self._parses(view)
+        log_ = self._parse_log
+        self._keeping = threading.Thread(
+            target=log_.keep, args=(parsed,), name="gitops-rollout-parse-log"
+        )
+        self._keeping.start()
+
+    def _parses(self, view: repository.RepositoryView) -> dict[tuple[str, ...], Any]:
+        """What the parse log keeps for the next process: parse results by ("m"|"p", path,
+        blob) of the tree's manifests and of the policies planned this pass."""
+        parsed: dict[tuple[str, ...], Any] = {
+            ("m", *k): v for k, v in _current_manifests(view.tree, self.caches.manifests).items()
+        }
+        for p, _ in self._planned or ():
+            if p.transition is None:
+                continue
+            path = p.transition.situation.loaded.file
+            key = (path, view.tree.blob_id(path))
+            if key in self.caches.policies:
+                parsed[("p", *key)] = self.caches.policies[key]
+        return parsed
+
+    def _parses_kept(self, view: repository.RepositoryView) -> None:
+        """Wait for `keep_parses`' thread, or keep the parses now when none was begun. Parse
+        results are kept whatever became of the pass: they are facts about blobs."""
+        if self._keeping is not None:
+            self._keeping.join()
+        elif self._parse_log is not None and self._planned is not None:
+            self._parse_log.keep(self._parses(view))
+
     def save(
         self,
         view: repository.RepositoryView,
@@ -432,6 +474,7 @@ class PassMemo:
         nothing changed; else appends the entries that did to the entry log, and writes the
         small memo file anew (`_write`)."""
         if self.path is None or self._planned is None or failed:
+            self._parses_kept(view)
             return
         facts = Facts(view.tree, view.inventory, view.broken)
         groups: dict[int, list[tuple[Planned, DecisionLike]]] = {}
@@ -478,17 +521,7 @@ class PassMemo:
                 )
             else:
                 files[path] = _plain(_File(blob, tuple(docs)))
-        manifests = _current_manifests(view.tree, self.caches.manifests)
-        # The policies planned again next pass (not remembered) need not be parsed again.
-        policies = {}
-        for path in planned_files - files.keys():
-            key = (path, view.tree.blob_id(path))
-            if key in self.caches.policies:
-                policies[key] = self.caches.policies[key]
-        if self._parse_log is not None:
-            parsed: dict[tuple[str, ...], Any] = {("m", *k): v for k, v in manifests.items()}
-            parsed.update((("p", *k), v) for k, v in policies.items())
-            self._parse_log.keep(parsed)
+        self._parses_kept(view)
         standing = self._standing_now(facts) if self._only is None else None
         checks = self._listed.current_checks() if self._listed is not None else {}
         paths = self._listed.current_paths() if self._listed is not None else {}

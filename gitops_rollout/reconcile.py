@@ -948,6 +948,7 @@ def run_once(
         planned, changesets, base=workspace.base, tree=tree, report=report
     )
     report.decisions = memo.decisions(view, planned, report.decisions, Decision)
+    memo.keep_parses(view)
     try:
         publish(
             proposals,

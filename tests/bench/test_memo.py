@@ -15,6 +15,7 @@ import importlib.util
 import json
 import shutil
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -358,6 +359,41 @@ def test_remembered_decisions_go_in_by_keyword_to_a_maker_without_positions(
     monkeypatch.setattr(passmemo.PassMemo, "decisions", keywords)
     assert both(sides, world) > 0
     assert made and all(tuple(m) == reconcile.Decision.__match_args__ for m in made)
+
+
+def test_the_parse_log_is_written_on_its_own_thread_while_the_pass_publishes(
+    world: Any, sides: list[Side], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pickling the parse results needs the interpreter, publishing mostly waits for git:
+    the log is written beside `publish`, and complete when the pass ends."""
+    memo, _ = sides
+    events: list[tuple[str, str]] = []
+    keep, publish = passmemo._ParseLog.keep, reconcile.publish
+
+    def keeping(self: passmemo._ParseLog, wanted: Mapping[Any, Any]) -> bool:
+        events.append(("keep begins", threading.current_thread().name))
+        try:
+            return keep(self, wanted)
+        finally:
+            events.append(("keep ends", threading.current_thread().name))
+
+    def publishing(*args: Any, **kwargs: Any) -> None:
+        events.append(("publish begins", threading.current_thread().name))
+        publish(*args, **kwargs)
+        events.append(("publish ends", threading.current_thread().name))
+
+    monkeypatch.setattr(passmemo._ParseLog, "keep", keeping)
+    monkeypatch.setattr(reconcile, "publish", publishing)
+    report = memo.run(world.inventory)
+    assert [e for e, _ in events].count("keep begins") == 1
+    assert ("keep begins", "gitops-rollout-parse-log") in events
+    assert events.index(("keep begins", "gitops-rollout-parse-log")) < events.index(
+        ("publish ends", "MainThread")
+    )
+    # Every policy was planned (nothing is remembered yet): each one's parse is in the log.
+    [log_file] = (memo.root / "cache").glob("*" + passmemo.PARSED_SUFFIX)
+    kept = {key[1] for key in passmemo._ParseLog.read(log_file)[1] if key[0] == "p"}
+    assert kept == {f"policies/{d.policy}.yaml" for d in report.decisions}
 
 
 def test_policies_planned_again_are_not_parsed_again_in_the_next_process(
