@@ -33,7 +33,7 @@ appends a frame with the entries that changed (`_EntryLog`, whose docstring says
 between the two writes at worst leaves the entries unused). A parse log (`PARSED_SUFFIX`) keeps
 parse results by blob id, so the next process does not parse them again: every manifest, and
 the policies the pass planned; a pass appends what it parsed anew (`_ParseLog`), on a thread
-while it publishes (`keep_parses`).
+while git pushes (`keep_parses`).
 """
 
 from __future__ import annotations
@@ -425,11 +425,11 @@ class PassMemo:
 
     def keep_parses(self, view: repository.RepositoryView) -> None:
         """Begin writing this pass's parse results to the parse log, on a thread: they are
-        known once the rollouts are planned, and the pass then mostly waits for git (the push,
-        the host's merges) while the log's pickling needs the interpreter (half a second for
-        ten thousand parsed policies). `save` waits for it. Every manifest of the tree is
-        kept, and every planned policy: those that stand still from now on are left for the
-        next compaction to drop."""
+        known once the rollouts are planned, and while git pushes (`reconcile.publish`) the
+        interpreter has time for the log's pickling (half a second for ten thousand parsed
+        policies). `save` waits for it, or keeps them itself when nothing was pushed. Every
+        manifest of the tree is kept, and every planned policy: those that stand still from
+        now on are left for the next compaction to drop."""
         if self._parse_log is None or self._planned is None or self._keeping is not None:
             return
         parsed = self._parses(view)

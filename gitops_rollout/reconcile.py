@@ -628,9 +628,12 @@ def publish(
     now: datetime,
     report: PassReport,
     touched: Callable[[int, Sequence[str]], None] | None = None,
+    while_pushing: Callable[[], None] | None = None,
 ) -> None:
     """Commit, push and open/update/merge/close pull requests for a pass's proposals.
-    `touched` learns which files each pull request opened or updated changes."""
+    `touched` learns which files each pull request opened or updated changes;
+    `while_pushing` is called once git is pushing (the push is mostly git's work: work of
+    the interpreter's can go there)."""
     pulls = host.pulls_for_prefix(BRANCH_PREFIX, base=workspace.base)
     open_by_head: dict[str, PullRequest] = {}
     latest_by_head: dict[str, PullRequest] = {}
@@ -746,6 +749,8 @@ def publish(
             return
         # Pushing is mostly git's work: the pull requests are written meanwhile.
         pushing = pool.submit(workspace.send, prepared, now=now)
+        if while_pushing is not None:
+            while_pushing()
         drafts = {r.branch: by_branch[r.branch].draft(r.changes) for r in requests}
         try:
             results = pushing.result()
@@ -948,7 +953,6 @@ def run_once(
         planned, changesets, base=workspace.base, tree=tree, report=report
     )
     report.decisions = memo.decisions(view, planned, report.decisions, Decision)
-    memo.keep_parses(view)
     try:
         publish(
             proposals,
@@ -958,6 +962,7 @@ def run_once(
             now=options.now,
             report=report,
             touched=memo.touches,
+            while_pushing=lambda: memo.keep_parses(view),
         )
     except RolloutError as err:
         report.error("host", str(err))

@@ -361,11 +361,11 @@ def test_remembered_decisions_go_in_by_keyword_to_a_maker_without_positions(
     assert made and all(tuple(m) == reconcile.Decision.__match_args__ for m in made)
 
 
-def test_the_parse_log_is_written_on_its_own_thread_while_the_pass_publishes(
+def test_the_parse_log_is_written_on_its_own_thread_while_git_pushes(
     world: Any, sides: list[Side], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Pickling the parse results needs the interpreter, publishing mostly waits for git:
-    the log is written beside `publish`, and complete when the pass ends."""
+    """Pickling the parse results needs the interpreter, pushing mostly waits for git: the
+    log is written beside the push, and complete when the pass ends."""
     memo, _ = sides
     events: list[tuple[str, str]] = []
     keep, publish = passmemo._ParseLog.keep, reconcile.publish
