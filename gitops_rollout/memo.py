@@ -32,8 +32,8 @@ the mark of the entry log (`ENTRIES_SUFFIX`), which holds the entries by policy 
 appends a frame with the entries that changed (`_EntryLog`, whose docstring says why a crash
 between the two writes at worst leaves the entries unused). A parse log (`PARSED_SUFFIX`) keeps
 parse results by blob id, so the next process does not parse them again: every manifest, and
-the policies the pass planned; a pass appends what it parsed anew (`_ParseLog`), on a thread
-while git pushes (`keep_parses`).
+the policies that are planned again (not remembered); a pass appends what it parsed anew
+(`_ParseLog`), on a thread while git pushes (`keep_parses`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import pickle
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, Protocol, Self, TypeVar
@@ -423,30 +423,46 @@ class PassMemo:
 
     # -- remembering ---------------------------------------------------------------------------
 
-    def keep_parses(self, view: repository.RepositoryView) -> None:
+    def keep_parses(
+        self, view: repository.RepositoryView, changesets: Mapping[RolloutKey, ChangeSet]
+    ) -> None:
         """Begin writing this pass's parse results to the parse log, on a thread: they are
         known once the rollouts are planned, and while git pushes (`reconcile.publish`) the
         interpreter has time for the log's pickling (half a second for ten thousand parsed
-        policies). `save` waits for it, or keeps them itself when nothing was pushed. Every
-        manifest of the tree is kept, and every planned policy: those that stand still from
-        now on are left for the next compaction to drop."""
+        policies). `save` waits for it, or keeps them itself when nothing was pushed.
+
+        Left out, as `save` leaves them out, are the policy files the memo is about to
+        remember (their rollouts stand still, as far as is known before publishing: a pull
+        request noted on one of them after all only costs the next pass its parse)."""
         if self._parse_log is None or self._planned is None or self._keeping is not None:
             return
-        parsed = self._parses(view)
-        log_ = self._parse_log
+        kept = {id(lp) for lp in view.policies.policies}
+        files: dict[str, bool] = {}
+        for p, _ in self._planned:
+            if p.transition is not None:
+                loaded = p.transition.situation.loaded
+                files[loaded.file] = (
+                    files.get(loaded.file, True)
+                    and id(loaded) in kept
+                    and _standing(p, changesets, self._open)
+                )
+        parsed = self._parses(view, {file for file, still in files.items() if still})
         self._keeping = threading.Thread(
-            target=log_.keep, args=(parsed,), name="gitops-rollout-parse-log"
+            target=self._parse_log.keep, args=(parsed,), name="gitops-rollout-parse-log"
         )
         self._keeping.start()
 
-    def _parses(self, view: repository.RepositoryView) -> dict[tuple[str, ...], Any]:
+    def _parses(
+        self, view: repository.RepositoryView, remembered: Collection[str]
+    ) -> dict[tuple[str, ...], Any]:
         """What the parse log keeps for the next process: parse results by ("m"|"p", path,
-        blob) of the tree's manifests and of the policies planned this pass."""
+        blob) of the tree's manifests and of the policy files planned this pass and not
+        `remembered` (the next pass plans them again)."""
         parsed: dict[tuple[str, ...], Any] = {
             ("m", *k): v for k, v in _current_manifests(view.tree, self.caches.manifests).items()
         }
         for p, _ in self._planned or ():
-            if p.transition is None:
+            if p.transition is None or p.transition.situation.loaded.file in remembered:
                 continue
             path = p.transition.situation.loaded.file
             key = (path, view.tree.blob_id(path))
@@ -454,13 +470,13 @@ class PassMemo:
                 parsed[("p", *key)] = self.caches.policies[key]
         return parsed
 
-    def _parses_kept(self, view: repository.RepositoryView) -> None:
+    def _parses_kept(self, view: repository.RepositoryView, remembered: Collection[str]) -> None:
         """Wait for `keep_parses`' thread, or keep the parses now when none was begun. Parse
         results are kept whatever became of the pass: they are facts about blobs."""
         if self._keeping is not None:
             self._keeping.join()
         elif self._parse_log is not None and self._planned is not None:
-            self._parse_log.keep(self._parses(view))
+            self._parse_log.keep(self._parses(view, remembered))
 
     def save(
         self,
@@ -474,7 +490,7 @@ class PassMemo:
         nothing changed; else appends the entries that did to the entry log, and writes the
         small memo file anew (`_write`)."""
         if self.path is None or self._planned is None or failed:
-            self._parses_kept(view)
+            self._parses_kept(view, ())  # nothing is remembered: all are planned again
             return
         facts = Facts(view.tree, view.inventory, view.broken)
         groups: dict[int, list[tuple[Planned, DecisionLike]]] = {}
@@ -521,7 +537,7 @@ class PassMemo:
                 )
             else:
                 files[path] = _plain(_File(blob, tuple(docs)))
-        self._parses_kept(view)
+        self._parses_kept(view, files.keys())
         standing = self._standing_now(facts) if self._only is None else None
         checks = self._listed.current_checks() if self._listed is not None else {}
         paths = self._listed.current_paths() if self._listed is not None else {}
@@ -866,6 +882,13 @@ def _still(
     open_heads: frozenset[str] | None,
 ) -> bool:
     """True for a rollout that stands still (see the module docstring)."""
+    return _standing(p, changesets, open_heads) and d.outcome == "none" and d.pr is None
+
+
+def _standing(
+    p: Planned, changesets: Mapping[RolloutKey, ChangeSet], open_heads: frozenset[str] | None
+) -> bool:
+    """`_still`, as far as it is known before publishing (which may note a pull request)."""
     t = p.transition
     if t is None or p.problems or changesets.get(p.key) is None or changesets[p.key]:
         return False
@@ -879,8 +902,6 @@ def _still(
         and s.stored.state.phase in STILL
         and not s.problems
         and not s.needs_verdict
-        and d.outcome == "none"
-        and d.pr is None
         and (open_heads is None or p.key.branch(BRANCH_PREFIX) not in open_heads)
     )
 

@@ -962,7 +962,7 @@ def run_once(
             now=options.now,
             report=report,
             touched=memo.touches,
-            while_pushing=lambda: memo.keep_parses(view),
+            while_pushing=lambda: memo.keep_parses(view, changesets),
         )
     except RolloutError as err:
         report.error("host", str(err))

@@ -396,6 +396,24 @@ def test_the_parse_log_is_written_on_its_own_thread_while_git_pushes(
     assert kept == {f"policies/{d.policy}.yaml" for d in report.decisions}
 
 
+def test_the_parse_log_keeps_the_policies_planned_again_not_those_remembered(
+    world: Any, sides: list[Side], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(passmemo, "COMPACT_MIN", 0)  # entries no longer wanted are dropped
+    memo, _ = sides
+    for _ in range(2):
+        both(sides, world)
+    [memo_file] = (memo.root / "cache").glob("*" + passmemo.SUFFIX)
+    [log_file] = (memo.root / "cache").glob("*" + passmemo.PARSED_SUFFIX)
+    stored, _ = passmemo._read(memo_file)
+    assert stored is not None
+    remembered = set(stored["files"])
+    kept = {key[1] for key in passmemo._ParseLog.read(log_file)[1] if key[0] == "p"}
+    assert remembered and kept
+    assert not kept & remembered
+    assert kept | remembered == {f"policies/{m.name}.yaml" for m in world.models}
+
+
 def test_policies_planned_again_are_not_parsed_again_in_the_next_process(
     world: Any, sides: list[Side], monkeypatch: pytest.MonkeyPatch
 ) -> None:
