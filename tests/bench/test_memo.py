@@ -511,11 +511,16 @@ def _frames(path: Path) -> int:
     return passmemo._read(path)[1].mark[1]
 
 
+def _memo_files(folder: Path) -> tuple[Path, Path]:
+    """A memo file in `folder` and its entry log."""
+    path = folder / "cache.memo"
+    return path, path.with_suffix(passmemo.ENTRIES_SUFFIX)
+
+
 def test_a_save_appends_the_entries_that_changed_and_a_removal_reads_back_as_gone(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "cache.memo"
-    entries = path.with_suffix(passmemo.ENTRIES_SUFFIX)
+    path, entries = _memo_files(tmp_path)
     first = {f"policies/m{i}.yaml": _entry(i) for i in range(100)}
     _save(path, first)
     assert _entries(path) == first and _frames(path) == 1
@@ -541,8 +546,7 @@ def test_the_entry_log_is_written_anew_once_more_is_superseded_than_allowed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(passmemo, "COMPACT_MIN", 10)
-    path = tmp_path / "cache.memo"
-    entries = path.with_suffix(passmemo.ENTRIES_SUFFIX)
+    path, entries = _memo_files(tmp_path)
     files = {f"p{i}": _entry(i) for i in range(40)}  # a quarter of them: 10
     _save(path, files)
     inode = entries.stat().st_ino
@@ -561,8 +565,7 @@ def test_the_entry_log_is_written_anew_once_more_is_superseded_than_allowed(
 def test_a_save_cut_short_leaves_the_entries_before_it_and_the_next_writes_anew(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "cache.memo"
-    entries = path.with_suffix(passmemo.ENTRIES_SUFFIX)
+    path, entries = _memo_files(tmp_path)
     first = {f"p{i}": _entry(i) for i in range(20)}
     second = first | {"p0": _entry(0, "second")}
     third = second | {"p1": _entry(1, "third")}
@@ -589,8 +592,7 @@ def test_a_save_cut_short_leaves_the_entries_before_it_and_the_next_writes_anew(
 def test_a_memo_file_whose_entries_are_not_in_the_log_uses_none(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "cache.memo"
-    entries = path.with_suffix(passmemo.ENTRIES_SUFFIX)
+    path, entries = _memo_files(tmp_path)
     first = {f"p{i}": _entry(i) for i in range(20)}
     second = first | {"p0": _entry(0, "second")}
     _save(path, first)
