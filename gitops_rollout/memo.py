@@ -436,17 +436,19 @@ class PassMemo:
         request noted on one of them after all only costs the next pass its parse)."""
         if self._parse_log is None or self._planned is None or self._keeping is not None:
             return
-        kept = {id(lp) for lp in view.policies.policies}
         files: dict[str, bool] = {}
         for p, _ in self._planned:
             if p.transition is not None:
-                loaded = p.transition.situation.loaded
-                files[loaded.file] = (
-                    files.get(loaded.file, True)
-                    and id(loaded) in kept
-                    and _standing(p, changesets, self._open)
-                )
-        parsed = self._parses(view, {file for file, still in files.items() if still})
+                file = p.transition.situation.loaded.file
+                files[file] = files.get(file, True) and _standing(p, changesets, self._open)
+        kept = {id(lp) for lp in view.policies.policies}
+        remembered = set()
+        for file, still in files.items():
+            # As `save` asks too: every policy of the file planned, none with a problem.
+            cached = self.caches.policies.get((file, view.tree.blob_id(file)))
+            if still and cached and not cached[1] and all(id(lp) in kept for lp in cached[0]):
+                remembered.add(file)
+        parsed = self._parses(view, remembered)
         self._keeping = threading.Thread(
             target=self._parse_log.keep, args=(parsed,), name="gitops-rollout-parse-log"
         )

@@ -89,7 +89,7 @@ PLAIN_FROM = 3
 """Pull requests from which a merge batch looks for merges that need no merge (`treemerge`)."""
 
 TRIAL_MERGES_AT_ONCE = min(4, os.cpu_count() or 1)
-"""How many trial merges (``git merge-tree`` processes) `LocalHost.mergeable_many` runs at once."""
+"""How many ``git merge-tree`` processes `LocalHost.mergeable_many` runs at once."""
 
 
 def _utcnow() -> datetime:
@@ -492,8 +492,8 @@ class LocalHost:
 
     def mergeable_many(self, numbers: Sequence[int]) -> list[bool | RolloutError | None]:
         """`mergeable` for each number, in order: one look-up of every branch and one
-        ancestry query for the batch, then a trial merge per open pull request. The trial
-        merges are independent of each other: up to `TRIAL_MERGES_AT_ONCE` run at once."""
+        ancestry query for the batch, then a trial merge per open pull request (`_clean_many`:
+        a few git processes for them all)."""
         with self._locked():
             records: dict[int, PullRecord] = {}
             answers: dict[int, bool | RolloutError | None] = {}
@@ -521,10 +521,11 @@ class LocalHost:
 
     def _clean_many(self, records: Sequence[PullRecord]) -> list[bool | RolloutError | None]:
         """Whether each of `records` merges cleanly into its base now; None for one that is
-        not open. One ``git merge-tree --stdin`` makes every trial merge: starting git costs
-        it as much as a merge does. When git cannot make one of them it gives up on them all
-        (or is too old to take ``--stdin``); then each is merged alone, up to
-        `TRIAL_MERGES_AT_ONCE` at a time, so that the error lands in its own place."""
+        not open. ``git merge-tree --stdin`` makes the trial merges, many to a process
+        (`_trial_merges`): starting git costs as much as a merge does. When git cannot make
+        one of them it gives up on its whole batch (and a git older than 2.40 may refuse
+        ``--stdin``); then each is merged alone, up to `TRIAL_MERGES_AT_ONCE` at a time, so
+        that the error lands in its own place."""
         opened = [r for r in records if r.state is PullState.OPEN]
         found = self._trial_merges([(f"refs/heads/{r.base}", r.head_sha) for r in opened])
         if found is None:
