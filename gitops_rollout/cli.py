@@ -266,13 +266,18 @@ def status(
     from gitops_rollout.gitops.repo import origin_url
     from gitops_rollout.settings import GitSettings, env
 
+    origin = None if remote or env("REMOTE") else origin_url(repo)
+    if origin is not None and "://" not in origin and not Path(origin, "objects").is_dir():
+        # The checkout was cloned from another checkout, not from the local host's bare
+        # repository: there are no pull request numbers to show (as for a forge's URL).
+        origin = None
     try:
         rows = composition.status_rows(
             repo=repo,
             inventory=list(inventory),
             now=_parse_now(now),
             cache_dir=GitSettings().cache_dir,
-            remote=remote or env("REMOTE") or origin_url(repo),
+            remote=remote or env("REMOTE") or origin,
         )
     except RolloutError as error:
         _fail(error)

@@ -51,6 +51,27 @@ def test_validate_accepts_the_example(tmp_path: Path) -> None:
     assert done.stderr == ""
 
 
+def test_status_in_a_clone_of_another_checkout_shows_no_pull_request_numbers(
+    tmp_path: Path,
+) -> None:
+    """Its origin is a checkout, not the local host's bare repository: `status` shows the
+    rollouts without PR numbers, as for a forge's URL. Named as the remote, it is an error."""
+    source = example_copy(tmp_path)
+    git("init", "-q", str(source))
+    git("-C", str(source), "add", "-A")
+    git("-C", str(source), "-c", "user.name=A", "-c", "user.email=a@x", "commit", "-qm", "x")
+    clone = tmp_path / "clone"
+    git("clone", "-q", str(source), str(clone))
+    inventory = str(EXAMPLE / "examples" / "inventory")
+    done = run("status", "--inventory", inventory, "--json", cwd=clone)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert rows and all(row["pr"] == "" for row in rows)
+    named = run("status", "--inventory", inventory, "--remote", str(source), cwd=clone)
+    assert named.returncode != 0
+    assert f"{source} is not a bare Git repository" in named.stderr
+
+
 def _weight_above_100(root: Path) -> tuple[str, str]:
     policy = root / "policies" / "fashionmnist.yaml"
     policy.write_text(policy.read_text().replace("{weight: 60,", "{weight: 160,"))
