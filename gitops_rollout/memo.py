@@ -464,9 +464,9 @@ class PassMemo:
             ("m", *k): v for k, v in _current_manifests(view.tree, self.caches.manifests).items()
         }
         for p, _ in self._planned or ():
-            if p.transition is None or p.transition.situation.loaded.file in remembered:
+            path = p.transition.situation.loaded.file if p.transition is not None else None
+            if path is None or path in remembered:
                 continue
-            path = p.transition.situation.loaded.file
             key = (path, view.tree.blob_id(path))
             if key in self.caches.policies:
                 parsed[("p", *key)] = self.caches.policies[key]
