@@ -194,12 +194,17 @@ Duration = Annotated[
 
 
 class _Model(BaseModel):
+    # Validators are built on first use, not on import: a pass whose policies all come from
+    # the parse log (`memo`) validates none, and building them costs 30-40 ms of its start-up.
+    # The default instances below are made with `model_construct` for that reason;
+    # tests/policy/test_policy.py checks that they equal validated ones.
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
         alias_generator=to_camel,
         populate_by_name=True,
         use_enum_values=False,
+        defer_build=True,
     )
 
 
@@ -265,7 +270,9 @@ class MatchClause(_Model):
         return self
 
 
-DEFAULT_MATCH = (MatchClause(headers={"traffic": StringMatch(exact="test")}),)
+DEFAULT_MATCH = (
+    MatchClause.model_construct(headers={"traffic": StringMatch.model_construct(exact="test")}),
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,9 +340,9 @@ class MirrorStrategy(_Model):
 
 
 DEFAULT_STAGES = (
-    Stage(name="Blue_0", weight=0),
-    Stage(name="Blue_50", weight=50),
-    Stage(name="Blue_100", weight=100),
+    Stage.model_construct(name="Blue_0", weight=0),
+    Stage.model_construct(name="Blue_50", weight=50),
+    Stage.model_construct(name="Blue_100", weight=100),
 )
 
 
@@ -578,14 +585,14 @@ class PolicySpec(_Model):
     )
     target: Target = Field(description="the serving platform, e.g. kind: deployment")
     strategy: Strategy = Field(description="how traffic moves to the candidate")
-    routing: Routing = Routing()
-    promotion: Promotion = Promotion()
+    routing: Routing = Routing.model_construct()
+    promotion: Promotion = Promotion.model_construct()
     clusters: tuple[ClusterRef, ...] = Field(
         min_length=1, description="clusters to roll out to, in order, as - name: <cluster>"
     )
     cluster_order: ClusterOrder = ClusterOrder.SEQUENTIAL
     analysis: Analysis | None = None
-    gitops: GitOps = GitOps()
+    gitops: GitOps = GitOps.model_construct()
 
     @field_validator("clusters")
     @classmethod

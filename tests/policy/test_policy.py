@@ -18,6 +18,7 @@ import yaml
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from gitops_rollout import cli, policy, repository
 from gitops_rollout.policy import (
@@ -199,6 +200,26 @@ def test_blue_green_defaults_to_three_stages_that_need_approval() -> None:
         ("Blue_50", 50, True),
         ("Blue_100", 100, True),
     ]
+
+
+@pytest.mark.parametrize(
+    "default",
+    [
+        *policy.DEFAULT_MATCH,
+        *policy.DEFAULT_STAGES,
+        policy.PolicySpec.model_fields["routing"].default,
+        policy.PolicySpec.model_fields["promotion"].default,
+        policy.PolicySpec.model_fields["gitops"].default,
+    ],
+    ids=repr,
+)
+def test_unvalidated_defaults_equal_validated_ones(default: BaseModel) -> None:
+    """The module's default instances skip validation (so importing it builds no validator):
+    each must be what validating its own fields gives."""
+    fields = default.model_dump(exclude_unset=True)
+
+    assert type(default).model_validate(fields) == default
+    assert default.model_fields_set == set(fields)
 
 
 def test_analysis_defaults() -> None:
