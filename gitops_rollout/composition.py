@@ -59,11 +59,19 @@ def signing_of(git: GitSettings) -> Signing | None:
     return Signing(git.signing_key, form)
 
 
-def snapshot_source(specs: Sequence[str]) -> reconcile.InventorySource:
-    """Readiness from ``--inventory`` files, read at each call (the demo rewrites them)."""
+SNAPSHOT_CACHE = ".inventory"
+"""Beside the workspace's clone (under its lock): the readiness parsed from ``--inventory``
+files, by their content."""
+
+
+def snapshot_source(
+    specs: Sequence[str], *, cache: Path | None = None
+) -> reconcile.InventorySource:
+    """Readiness from ``--inventory`` files, read at each call (the demo rewrites them);
+    `cache` keeps what was parsed for the next process (`snapshot.SnapshotCache`)."""
 
     def read() -> tuple[Mapping[tuple[str, ObjectRef], Status], Mapping[str, str]]:
-        return (load_snapshots(list(specs)) if specs else {}), {}
+        return (load_snapshots(list(specs), cache=cache) if specs else {}), {}
 
     return read
 
@@ -117,7 +125,9 @@ def pass_context(
         yield PassContext(
             workspace=workspace,
             host=host,
-            inventory=snapshot_source(inventory),
+            inventory=snapshot_source(
+                inventory, cache=workspace.git_dir.with_suffix(SNAPSHOT_CACHE)
+            ),
             judge=make_judge(metrics_file=metrics_file, prometheus=prometheus),
         )
     finally:

@@ -44,7 +44,6 @@ import hashlib
 import logging
 import os
 import pickle
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -54,6 +53,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol, Self, TypeVar
 
 from gitops_rollout import planning, repository
 from gitops_rollout.errors import RolloutError
+from gitops_rollout.fingerprint import code_fingerprint as _code
 from gitops_rollout.gitops.changeset import ChangeSet
 from gitops_rollout.gitops.hosts.base import (
     GitHost,
@@ -1065,17 +1065,6 @@ class _Hiding:
 
 
 # -- the file ------------------------------------------------------------------------------------
-
-
-@functools.cache
-def _code() -> str:
-    """A fingerprint of this package's code and the interpreter (a change decides anew)."""
-    root = Path(__file__).resolve().parent
-    digest = hashlib.sha256(sys.version.encode())
-    for path in sorted(root.rglob("*.py")):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
 
 
 def _current_manifests(tree: Tree, cache: ManifestCache) -> dict[tuple[str, str], Any]:

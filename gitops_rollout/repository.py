@@ -200,10 +200,8 @@ def load(
         _parse_policies(tree, caches)
     prefetch.wait()
     inventory, manifest_problems = manifests.scan(
-        tree, cache=caches.manifests, files=prefetch.files
+        tree, cache=caches.manifests, files=prefetch.files, statuses=statuses
     )
-    if statuses:
-        manifests.with_status(inventory, statuses)
     inventory.unreachable.update(unreachable or {})
     broken: dict[str, list[Problem]] = {}
     for problem in manifest_problems:
