@@ -910,17 +910,12 @@ def _standing(
 
 def orphans(view: repository.RepositoryView) -> list[Planned]:
     """`planning.orphans` for a view whose skipped policies still own their rollouts."""
-    tree: Tree = view.tree
-    if view.skipped:
-        tree = _Hiding(
-            view.tree,
-            {
-                RolloutKey(c, s.routing_namespace, s.model).routing_path
-                for s in view.skipped
-                for c in s.clusters
-            },
-        )
-    return planning.orphans(tree, view.policies, policy_paths=view.policy_paths)
+    return planning.orphans(
+        view.tree,
+        view.policies,
+        policy_paths=view.policy_paths,
+        claimed=((c, s.routing_namespace, s.model) for s in view.skipped for c in s.clusters),
+    )
 
 
 class _ListedOnce:
@@ -1044,24 +1039,6 @@ class _ListedOnce:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._host, name)
-
-
-class _Hiding:
-    """`base` without some routing files in its listings: those of skipped policies, which
-    `planning.orphans` would otherwise read one by one to find their (existing) owner."""
-
-    def __init__(self, base: Tree, hidden: set[str]) -> None:
-        self.base = base
-        self.hidden = hidden
-
-    def paths(self, prefix: str = "") -> list[str]:
-        return [p for p in self.base.paths(prefix) if p not in self.hidden]
-
-    def read(self, path: str) -> bytes:
-        return self.base.read(path)
-
-    def blob_id(self, path: str) -> str:
-        return self.base.blob_id(path)
 
 
 # -- the file ------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ so `plan` (no writes) and `reconcile` (writes) share it exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -204,21 +204,34 @@ def decide(
     return Planned(key, transition, dict(rendered.files), list(rendered.problems))
 
 
-def orphans(tree: Tree, policies: PolicySet, *, policy_paths: set[str]) -> list[Planned]:
+def orphans(
+    tree: Tree,
+    policies: PolicySet,
+    *,
+    policy_paths: set[str],
+    claimed: Iterable[tuple[str, str, str]] = (),
+) -> list[Planned]:
     """Rollout folders whose policy was deleted: their routing goes (cleanup on policy delete).
 
     A folder whose recorded policy file still exists (even if it does not parse right now) is
-    left alone: a broken policy must never tear down its routing.
+    left alone: a broken policy must never tear down its routing. `claimed`: (cluster,
+    namespace, model) of rollouts owned by policies not in `policies` (the memo's skipped ones).
     """
-    claimed = {key_of(lp, c.name) for lp in policies.policies for c in lp.policy.spec.clusters}
+    owned = {
+        (c.name, lp.policy.routing_namespace, lp.policy.model)
+        for lp in policies.policies
+        for c in lp.policy.spec.clusters
+    }
+    owned.update(claimed)
+    suffix = f"/rollout/{ROUTING_FILE}"
     out = []
     for path in tree.paths("clusters"):
+        if not path.endswith(suffix):
+            continue
         parts = path.split("/")
-        if len(parts) != 6 or parts[4] != "rollout" or parts[5] != ROUTING_FILE:
+        if len(parts) != 6 or (parts[1], parts[2], parts[3]) in owned:
             continue
         key = RolloutKey(parts[1], parts[2], parts[3])
-        if key in claimed:
-            continue
         stored = read_stored(tree.read(path))
         owner = stored.state.policy
         if owner and owner in policy_paths:

@@ -80,8 +80,10 @@ def is_bot_owned(path: str) -> bool:
 
 
 def cluster_of(path: str) -> str | None:
-    parts = path.split("/")
-    return parts[1] if len(parts) > 2 and parts[0] == CLUSTERS else None
+    """The cluster folder of a path below one (``clusters/<cluster>/...``); None for others."""
+    top, _, rest = path.partition("/")
+    cluster, below, _ = rest.partition("/")
+    return cluster if top == CLUSTERS and below else None
 
 
 def _labels(meta: Mapping[str, Any]) -> dict[str, str]:
@@ -269,11 +271,11 @@ def scan(
 
 def manifest_place(path: str) -> tuple[str, str] | None:
     """(cluster, namespace folder) of a path the scan reads as a manifest; None for others."""
-    if not path.endswith(_YAML) or is_bot_owned(path):
+    if not path.endswith(_YAML):
         return None
     parts = path.split("/")
-    if len(parts) < 4 or parts[0] != CLUSTERS:
-        return None
+    if len(parts) < 4 or parts[0] != CLUSTERS or ROLLOUT_DIR in parts[1:-1]:
+        return None  # `ROLLOUT_DIR` as a folder: bot-owned (`is_bot_owned`)
     if parts[-1] in ("kustomization.yaml", "kustomization.yml"):
         return None
     return parts[1], parts[2]
