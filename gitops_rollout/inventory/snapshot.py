@@ -192,10 +192,16 @@ class SnapshotCache:
             key: {ref: shared.setdefault(status, status) for ref, status in statuses.items()}
             for key, statuses in self.files.items()
         }
+        written: Path | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as out:
+            with tempfile.NamedTemporaryFile(
+                dir=path.parent, prefix=path.name, suffix=".tmp", delete=False
+            ) as out:
+                written = Path(out.name)
                 pickle.dump(((self.FORMAT, code_fingerprint()), files), out, protocol=5)
-            os.replace(out.name, path)
+            os.replace(written, path)
         except OSError as err:
+            if written is not None:
+                written.unlink(missing_ok=True)
             log.info("snapshot cache %s not written: %s", path, err)
