@@ -8,15 +8,15 @@ directory of ``<cluster>.yaml`` files gives each cluster its own.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import pickle
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from gitops_rollout.errors import ManifestError, Problem
 from gitops_rollout.fingerprint import code_fingerprint
@@ -109,18 +109,21 @@ def load_snapshots(
     for the next process: a pass whose snapshots did not change does not parse them again.
     """
     kept = SnapshotCache.read(cache) if cache is not None else SnapshotCache()
-    now = SnapshotCache()
+    seen: dict[tuple[str, str], str] = {}
+    keep: dict[tuple[str, str, str], dict[tuple[str, ObjectRef], Status]] = {}
     out: dict[tuple[str, ObjectRef], Status] = {}
     for path, cluster in _snapshot_files(specs):
         text = path.read_bytes()
         key = (str(path), cluster, hashlib.sha256(text).hexdigest())
-        statuses = kept.files.get(key)
+        statuses = kept.statuses(key)
         if statuses is None:
             statuses = parse_snapshot(text, file=str(path), cluster=cluster)
-        now.files[key] = statuses
+        if key in kept.kept or kept.seen.get(key[:2]) == key[2]:
+            keep[key] = statuses
+        seen[key[:2]] = key[2]
         out.update(statuses)
-    if cache is not None and now.files.keys() != kept.files.keys():
-        now.write(cache)
+    if cache is not None and (seen != kept.seen or keep.keys() != kept.kept or kept.damaged):
+        SnapshotCache.write(cache, seen, keep)
     return out
 
 
@@ -153,44 +156,85 @@ def _snapshot_files(specs: list[str]) -> list[tuple[Path, str]]:
     return files
 
 
-@dataclass
 class SnapshotCache:
     """Readiness parsed from snapshot files, by (path, cluster, SHA-256 of the content).
 
     Parsing ten snapshot files of a thousand objects each (JSON, then `status_of` per object)
     takes a twentieth of a second that a no-op pass would otherwise spend every time; reading
-    them back takes a fifth of that (the statuses are shared between objects, most being
-    "Ready"). The file is written anew, atomically, when the files read differ from those kept;
-    it is marked with `FORMAT` and the code's fingerprint, so a new release parses again. A
-    cache that cannot be read is ignored, one that cannot be written only costs the time.
+    it back takes a fifth of that (the statuses are shared between objects, most being Ready).
+
+    A file's readiness is kept once the same content has been read twice in a row: a snapshot
+    exported anew for every pass would otherwise cost a write each time and never be read
+    back. The cache file holds two pickles: what the last pass read (`seen`) with the keys
+    whose readiness is kept (`kept`), then that readiness, unpickled only at the first hit. It
+    is written anew, atomically, when either changes, and marked with `FORMAT` and the code's
+    fingerprint, so that a new release parses again. A cache that cannot be read is ignored;
+    one that cannot be written only costs the time.
     """
 
-    FORMAT: ClassVar[int] = 1
-    files: dict[tuple[str, str, str], dict[tuple[str, ObjectRef], Status]] = field(
-        default_factory=dict
-    )
+    FORMAT = 2
+
+    def __init__(
+        self,
+        seen: dict[tuple[str, str], str] | None = None,
+        kept: frozenset[tuple[str, str, str]] = frozenset(),
+        rest: io.BytesIO | None = None,
+    ) -> None:
+        self.seen = seen or {}
+        """(path, cluster) of every file the last pass read, with the digest of its content."""
+        self.kept = kept
+        """The (path, cluster, digest) whose readiness the cache holds."""
+        self._rest = rest
+        self._files: dict[tuple[str, str, str], dict[tuple[str, ObjectRef], Status]] | None = None
+        self.damaged = False
+        """A key in `kept` had no readiness to read back: the file is to be written anew."""
 
     @classmethod
     def read(cls, path: Path) -> SnapshotCache:
         try:
-            with path.open("rb") as handle:
-                # Written by this program into its own cache directory (`write`), which only
-                # whoever runs it can change.
-                header, files = pickle.load(handle)  # noqa: S301
+            stream = io.BytesIO(path.read_bytes())
+            # Written by this program into its own cache directory (`write`), which only
+            # whoever runs it can change.
+            header, seen, kept = pickle.load(stream)  # noqa: S301
         except FileNotFoundError:
             return cls()
         except Exception as err:  # a damaged or foreign file is only a miss
             log.info("snapshot cache %s not used: %s", path, err)
             return cls()
-        if header != (cls.FORMAT, code_fingerprint()) or not isinstance(files, dict):
+        if (
+            header != (cls.FORMAT, code_fingerprint())
+            or not isinstance(seen, dict)
+            or not isinstance(kept, frozenset)
+        ):
             return cls()
-        return cls(files)
+        return cls(seen, kept, stream)
 
-    def write(self, path: Path) -> None:
+    def statuses(self, key: tuple[str, str, str]) -> dict[tuple[str, ObjectRef], Status] | None:
+        """The readiness kept for `key`; None when there is none."""
+        if key not in self.kept or self._rest is None:
+            return None
+        if self._files is None:
+            try:
+                files = pickle.load(self._rest)  # noqa: S301 (as in `read`)
+            except Exception as err:  # a damaged file is only a miss
+                log.info("snapshot cache not used: %s", err)
+                files = None
+            self._files = files if isinstance(files, dict) else {}
+        found = self._files.get(key)
+        self.damaged = self.damaged or found is None
+        return found
+
+    @classmethod
+    def write(
+        cls,
+        path: Path,
+        seen: dict[tuple[str, str], str],
+        files: dict[tuple[str, str, str], dict[tuple[str, ObjectRef], Status]],
+    ) -> None:
         shared: dict[Status, Status] = {}
         files = {
             key: {ref: shared.setdefault(status, status) for ref, status in statuses.items()}
-            for key, statuses in self.files.items()
+            for key, statuses in files.items()
         }
         written: Path | None = None
         try:
@@ -199,7 +243,9 @@ class SnapshotCache:
                 dir=path.parent, prefix=path.name, suffix=".tmp", delete=False
             ) as out:
                 written = Path(out.name)
-                pickle.dump(((self.FORMAT, code_fingerprint()), files), out, protocol=5)
+                header = (cls.FORMAT, code_fingerprint())
+                pickle.dump((header, seen, frozenset(files)), out, protocol=5)
+                pickle.dump(files, out, protocol=5)
             os.replace(written, path)
         except OSError as err:
             if written is not None:

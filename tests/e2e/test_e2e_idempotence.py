@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 from e2e_world import PASS_EVERY, World, git, kind_of
 
+from gitops_rollout.composition import SNAPSHOT_CACHE
 from gitops_rollout.gitops.hosts.base import PullState
+from gitops_rollout.inventory.snapshot import SnapshotCache
 
 KILLER = Path(__file__).with_name("killer.py")
 
@@ -46,6 +48,25 @@ def test_the_same_inputs_twice_change_nothing(tmp_path: Path) -> None:
         done = world.cli("reconcile", *world.pass_flags())
         assert done.returncode == 0, done.stderr
         assert world.snapshot() == before
+
+
+def test_the_command_keeps_the_readiness_it_parsed_beside_its_clone(tmp_path: Path) -> None:
+    """`reconcile` keeps what it parsed from --inventory files that read the same twice in a
+    row beside its clone; a pass over the same files again reads it back and writes nothing."""
+    world = World(tmp_path)
+    flags = world.pass_flags()
+    for _ in range(2):
+        done = world.cli("reconcile", *flags)
+        assert done.returncode == 0, done.stderr
+    [kept] = world.cache.glob(f"*{SNAPSHOT_CACHE}")
+    read = {(path, cluster) for path, cluster, _ in SnapshotCache.read(kept).kept}
+    assert read == {(str(p), p.stem) for p in world.inventory_dir.iterdir()}
+    written = kept.stat()
+
+    again = world.cli("reconcile", *flags)
+
+    assert again.returncode == 0, again.stderr
+    assert (kept.stat().st_ino, kept.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
 
 
 def test_waiting_for_a_person_is_not_an_update(tmp_path: Path) -> None:
