@@ -262,24 +262,37 @@ class GitTree:
         requests = b"".join(oids[p].encode() + b"\n" for p in todo)
         with self._lock:
             proc = self._batch()
-            assert proc.stdin is not None
-            stdin = proc.stdin
-
-            def feed() -> None:
-                with contextlib.suppress(BrokenPipeError, ValueError):
-                    stdin.write(requests)
-                    stdin.flush()
-
-            writer = threading.Thread(target=feed, name="cat-file-feed", daemon=True)
-            writer.start()
-            try:
+            with feeding(proc, requests):
                 for path in todo:
                     out[path] = self._answer(proc, path)
-            finally:
-                writer.join()
             for path in todo:
                 self._blobs.put(oids[path], out[path])
         return {p: out[p] for p in wanted}
+
+
+@contextlib.contextmanager
+def feeding(proc: subprocess.Popen[bytes], requests: bytes) -> Iterator[None]:
+    """`requests` written to a ``git cat-file --batch`` `proc` by a helper thread while the
+    caller reads the answers: no round trip per object, and no deadlock when the requests fill
+    the pipe. Should the caller stop reading early (an error), `proc` is killed, or the helper
+    would wait for ever for git to read the rest."""
+    assert proc.stdin is not None
+    stdin = proc.stdin
+
+    def feed() -> None:
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            stdin.write(requests)
+            stdin.flush()
+
+    writer = threading.Thread(target=feed, name="cat-file-feed", daemon=True)
+    writer.start()
+    try:
+        yield
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        writer.join()
 
 
 class _BlobCache:

@@ -14,9 +14,11 @@ import os
 import struct
 import subprocess
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 from gitops_rollout.errors import GitWriteError
+from gitops_rollout.tree import feeding
 
 _TYPES = {b"commit": 1, b"tree": 2, b"blob": 3, b"tag": 4}
 
@@ -33,7 +35,7 @@ class PackBuffer:
         oid = hashlib.sha1(b"%s %d\0" % (kind, len(body)) + body, usedforsecurity=False)
         key = oid.digest()
         if key not in self._objects:
-            self._objects[key] = (_entry_header(_TYPES[kind], len(body)), zlib.compress(body))
+            self._objects[key] = (_entry_header(_TYPES[kind], len(body)), _deflate(body))
         return oid.hexdigest()
 
     def __len__(self) -> int:
@@ -72,6 +74,27 @@ class PackBuffer:
         _write_new(folder / f"{name}.pack", bytes(pack))
         _write_new(folder / f"{name}.idx", bytes(index))
         self._objects.clear()
+
+
+_SMALL = 1 << 12
+"""Objects below this size (most a pass writes) are deflated with a window and hash table
+sized for them (`_deflate`)."""
+
+
+def _deflate(body: bytes) -> bytes:
+    """`body` zlib-deflated, as git stores an object (git inflates any window size).
+
+    zlib's defaults set up a 32 KiB window and a 128 KiB hash table for every stream, which
+    costs about 40 us: most of deflating the small files and trees of a pass (a cold pass
+    writes ten thousand routing files and twice as many trees). A window no larger than the
+    body loses nothing, and with a smaller hash table the set-up takes about 5 us for output
+    of the same size (routing files, small trees); larger objects keep the defaults, where
+    the bigger table finds more matches."""
+    if len(body) >= _SMALL:
+        return zlib.compress(body)
+    bits = max(9, len(body).bit_length())
+    stream = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, bits, 4)
+    return stream.compress(body) + stream.flush()
 
 
 def _entry_header(kind: int, size: int) -> bytes:
@@ -119,6 +142,24 @@ class ObjectReader:
             raise GitWriteError(f"object {oid} cannot be read in {self._path}")
         data = self._proc.stdout.read(int(header[2]) + 1)
         return data[:-1]
+
+    def read_many(self, oids: Sequence[str]) -> dict[str, bytes]:
+        """The contents of each of `oids`, the requests written by a helper thread while the
+        answers are read (`tree.feeding`): no round trip per object (the nine thousand trees
+        of a cold pass's commits: 0.2 s instead of 0.9 s, both under a profiler)."""
+        wanted = list(dict.fromkeys(oids))
+        if len(wanted) < 2:
+            return {oid: self.read(oid) for oid in wanted}
+        assert self._proc.stdout is not None
+        stdout = self._proc.stdout
+        out = {}
+        with feeding(self._proc, b"".join(oid.encode() + b"\n" for oid in wanted)):
+            for oid in wanted:
+                header = stdout.readline().split()
+                if len(header) != 3:
+                    raise GitWriteError(f"object {oid} cannot be read in {self._path}")
+                out[oid] = stdout.read(int(header[2]) + 1)[:-1]
+        return out
 
     def close(self) -> None:
         if self._proc.stdin is not None:

@@ -46,7 +46,7 @@ import git
 from gitops_rollout.errors import GitWriteError
 from gitops_rollout.gitops.changeset import ChangeSet
 from gitops_rollout.gitops.objects import ObjectReader, PackBuffer
-from gitops_rollout.gitops.treemerge import Change, apply
+from gitops_rollout.gitops.treemerge import Change, apply, trees_along
 from gitops_rollout.tree import GitTree, blob_id
 
 log = logging.getLogger(__name__)
@@ -734,6 +734,8 @@ class Workspace:
 
         built = []
         try:
+            paths = {c.path for request in requests for c in request.changes}
+            trees.update(trees_along(base_tree, paths, read_many=reader.read_many))
             for request in requests:
                 changes = [
                     Change(c.path, "", "")

@@ -17,7 +17,7 @@ Pure: trees are read and written through the functions the caller passes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 TREE_MODE = "40000"
@@ -122,6 +122,38 @@ def apply(
     if not entries:
         return ""  # an empty folder is no entry at all
     return write(_serialise(entries))
+
+
+def trees_along(
+    tree: str,
+    paths: Iterable[str],
+    *,
+    read_many: Callable[[Sequence[str]], Mapping[str, bytes]],
+) -> dict[str, bytes]:
+    """{id: contents} of every existing tree `apply` reads to change `paths` in `tree`: the
+    folders of each path, read a level at a time with one `read_many` per level (a few calls
+    instead of one per tree for `apply`'s `read`)."""
+    below: dict[str, set[str]] = {}
+    for path in paths:
+        parts = path.split("/")
+        for depth in range(len(parts) - 1):
+            below.setdefault("/".join(parts[:depth]), set()).add(parts[depth])
+    found: dict[str, bytes] = {}
+    level = {"": tree} if tree else {}
+    while level:
+        found.update(read_many([oid for oid in level.values() if oid not in found]))
+        deeper = {}
+        for folder, oid in level.items():
+            names = below.get(folder)
+            if not names:
+                continue
+            entries = dict(_entries(found[oid]))
+            for name in names:
+                mode, sub = entries.get(name, ("", ""))
+                if mode == TREE_MODE:
+                    deeper[f"{folder}/{name}" if folder else name] = sub
+        level = deeper
+    return found
 
 
 def _entries(raw: bytes) -> Iterable[tuple[str, tuple[str, str]]]:

@@ -12,11 +12,13 @@ base, apart from what the base changed since), and every one after a merge git m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,11 +27,12 @@ from typing import Any
 import pytest
 from gitops_helpers import T0, Clock, Remote, git
 
-from gitops_rollout.errors import RolloutError
+from gitops_rollout.errors import GitWriteError, RolloutError
 from gitops_rollout.gitops import treemerge
 from gitops_rollout.gitops.hosts import local
 from gitops_rollout.gitops.hosts.base import MergeResult, PullRequest, PullRequestDraft
 from gitops_rollout.gitops.hosts.local import TRIAL_MERGES_AT_ONCE, LocalHost
+from gitops_rollout.gitops.objects import ObjectReader, PackBuffer
 from gitops_rollout.gitops.treemerge import Change
 
 GIT_ONLY = 10**9
@@ -1010,3 +1013,104 @@ def test_apply_refuses_a_folder_where_the_tree_has_a_file(odb: tuple[Odb, str]) 
         with pytest.raises(ValueError, match="is a file where a change needs a folder"):
             new = Change(path, "100644", repo.blob(b"n\n"))
             treemerge.apply(tree, [new], read=repo.read, write=repo.write)
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [
+        pytest.param(["new/deeper/deepest é/f", "x/new"], id="new-folders"),
+        pytest.param(["x/a", "x/ü ñ/b", "x.txt", "link", "x/caf\udce9"], id="existing"),
+        pytest.param(["lonely/only/file", "x/ü ñ/b/under-a-file"], id="deep-and-through-a-file"),
+        pytest.param([], id="nothing"),
+    ],
+)
+def test_trees_along_reads_the_trees_apply_reads_a_level_at_a_time(
+    odb: tuple[Odb, str], paths: list[str]
+) -> None:
+    repo, tree = odb
+    changes = [Change(path, "100644", repo.blob(b"n\n")) for path in paths]
+    read: list[str] = []
+
+    def recording(oid: str) -> bytes:
+        read.append(oid)
+        return repo.read(oid)
+
+    with contextlib.suppress(ValueError):  # a file where a folder is needed: read up to there
+        treemerge.apply(tree, changes, read=recording, write=repo.write)
+    calls: list[list[str]] = []
+
+    def read_many(oids: Sequence[str]) -> dict[str, bytes]:
+        calls.append(list(oids))
+        return {oid: repo.read(oid) for oid in oids}
+
+    found = treemerge.trees_along(tree, paths, read_many=read_many)
+
+    assert found == {oid: repo.read(oid) for oid in read}
+    deepest = max((p.count("/") for p in paths), default=0)
+    assert len(calls) <= deepest + 1
+    assert sum(len(c) for c in calls) == len(set(read))
+
+
+def test_object_reader_reads_many_objects_in_one_go(odb: tuple[Odb, str]) -> None:
+    repo, tree = odb
+    listed = git("--git-dir", str(repo.bare), "rev-list", "--objects", "--no-object-names", "--all")
+    oids = listed.split()
+    assert tree in oids and len(oids) > 10
+    reader = ObjectReader(repo.bare)
+    try:
+        many = reader.read_many([*oids, *oids])  # asked twice, read once
+        assert many == {oid: reader.read(oid) for oid in oids}
+    finally:
+        reader.close()
+
+
+def test_object_reader_fails_on_a_missing_object_without_waiting_for_the_rest(
+    odb: tuple[Odb, str],
+) -> None:
+    """Far more requests than a pipe holds follow the missing object: reading stops there,
+    and the helper writing the requests is not left waiting for ever."""
+    repo, tree = odb
+    missing = "0" * 40
+    fillers = [f"{i + 1:040x}" for i in range(20_000)]
+    reader = ObjectReader(repo.bare)
+    failures: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            reader.read_many([tree, missing, *fillers])
+        except GitWriteError as err:
+            failures.append(err)
+
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    asking.join(timeout=30)
+
+    assert not asking.is_alive()  # (before `close`, which would wait as long)
+    reader.close()
+    assert [str(f) for f in failures] == [f"object {missing} cannot be read in {repo.bare}"]
+
+
+def test_packed_objects_of_every_size_read_back_as_git_reads_them(tmp_path: Path) -> None:
+    """Small objects are deflated with a window of their own size (`objects._deflate`):
+    git reads them, and the pack passes `git fsck`."""
+    bare = bare_repository(tmp_path / "repo.git")
+    rng = random.Random(3)
+    sizes = [0, 1, 255, 256, 511, 512, 4095, 4096, 4097, 70_000]
+    bodies = [
+        bytes(rng.choice(b"kind: Deployment\n") for _ in range(n)) if i % 2 else rng.randbytes(n)
+        for i, n in enumerate(sizes)
+        for _ in range(2)
+    ]
+    store = PackBuffer()
+    oids = [store.add(b"blob", body) for body in bodies]
+    store.write(bare / "objects")
+
+    for oid, body in zip(oids, bodies, strict=True):
+        assert oid == blob_id(body)
+        out = subprocess.run(
+            ["git", "--git-dir", str(bare), "cat-file", "blob", oid],
+            check=True,
+            capture_output=True,
+        ).stdout
+        assert out == body
+    fsck(bare)
