@@ -9,6 +9,7 @@ one ``git cat-file --batch``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import struct
@@ -163,7 +164,9 @@ class ObjectReader:
 
     def close(self) -> None:
         if self._proc.stdin is not None:
-            self._proc.stdin.close()
+            # A reader stopped early (`read_many`) is gone: what is left unwritten is moot.
+            with contextlib.suppress(BrokenPipeError):
+                self._proc.stdin.close()
         self._proc.wait()
 
     def commit(self, oid: str) -> tuple[str, list[str]]:
