@@ -324,13 +324,17 @@ def test_memoised_passes_decide_like_full_passes(world: Any, sides: list[Side]) 
     print("policy files taken from the memo, pass by pass:", sides[0].hits)
 
 
+def _settled_cache(sides: list[Side], world: Any) -> Path:
+    """The memo side's cache folder after four passes on both sides (the memo in use)."""
+    for _ in range(4):
+        both(sides, world)
+    return sides[0].root / "cache"
+
+
 def test_memo_survives_a_new_process_and_ignores_a_damaged_file(
     world: Any, sides: list[Side]
 ) -> None:
-    memo, _ = sides
-    for _ in range(4):
-        both(sides, world)
-    [stored] = list((memo.root / "cache").glob("*.memo"))
+    [stored] = list(_settled_cache(sides, world).glob("*" + passmemo.SUFFIX))
     assert both(sides, world) > 0
     stored.write_bytes(b"not a pickle")
     assert both(sides, world) == 0
@@ -618,11 +622,9 @@ def test_a_memo_file_whose_entries_are_not_in_the_log_uses_none(
 def test_a_pass_that_changed_nothing_writes_nothing_and_one_that_did_appends(
     world: Any, sides: list[Side]
 ) -> None:
-    memo, _ = sides
-    for _ in range(4):
-        both(sides, world)
-    [memo_file] = list((memo.root / "cache").glob("*" + passmemo.SUFFIX))
-    [entries] = list((memo.root / "cache").glob("*" + passmemo.ENTRIES_SUFFIX))
+    cache = _settled_cache(sides, world)
+    [memo_file] = list(cache.glob("*" + passmemo.SUFFIX))
+    [entries] = list(cache.glob("*" + passmemo.ENTRIES_SUFFIX))
 
     def stats() -> list[tuple[int, int, int]]:
         return [(s.st_ino, s.st_size, s.st_mtime_ns) for s in map(Path.stat, (memo_file, entries))]
